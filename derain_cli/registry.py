@@ -1,0 +1,93 @@
+"""Registry of deraining architectures, in the spirit of timm's model registry.
+
+Each architecture lives in ``derain_cli/models/<name>.py`` and exposes ``SPEC``,
+a :class:`ModelSpec` that states everything inference, training and evaluation
+need to know (like a spandrel model descriptor). Modules are imported lazily so
+that ``derain --help`` never pays for ``import torch``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: Registered architectures, in the order ``derain models`` lists them.
+MODEL_NAMES: tuple[str, ...] = ("dualstage", "semimsn", "dcdgan", "jrgr", "rainfog")
+
+#: The model ``derain run`` uses when none is named.
+DEFAULT_MODEL = "dualstage"
+
+TRAIN_MODES = ("paired", "unpaired", "semi")
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What one architecture is and how to use it.
+
+    ``build(config)`` returns the *bundle*: the ``nn.Module`` whose ``state_dict``
+    is exactly the shipped weights file (for GANs: all generators needed at
+    inference, never the discriminators). ``derain_net(bundle, variant)`` returns
+    the image-to-image network used by ``derain run``; ``rainify_net(bundle)`` the
+    clean-to-rainy network used by ``derain rainify`` (None if the model has none).
+    Both take and return ``B x 3 x H x W`` tensors in ``input_range``.
+    """
+
+    name: str
+    summary: str
+    paper: str
+    presets: dict[str, dict[str, Any]]
+    default_preset: str
+    build: Callable[[dict[str, Any]], Any]
+    derain_net: Callable[[Any, str], Any]
+    modes: tuple[str, ...]
+    recipe: Callable[..., Any]
+    weights_entry: str
+    variants: tuple[str, ...] = ("default",)
+    rainify_net: Callable[[Any], Any] | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    size_multiple: int = 1
+    tile_safe: bool = True
+    #: Overlap (pixels) at which tiled output matches whole-image output.
+    tile_margin: int = 32
+    #: Smallest tile worth using when tiling is unsafe (global statistics).
+    min_tile: int = 0
+    #: Rough peak bytes per input pixel at inference in float32 (for auto tiling).
+    bytes_per_pixel: float = 4096.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, preset: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """A copy of a named preset's config with ``overrides`` applied."""
+        preset = preset or self.default_preset
+        if preset not in self.presets:
+            raise ValueError(
+                f"model {self.name!r} has no preset {preset!r}; choose one of {', '.join(self.presets)}"
+            )
+        cfg = dict(self.presets[preset])
+        unknown = set(overrides) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown config keys for {self.name}: {', '.join(sorted(unknown))}")
+        cfg.update(overrides)
+        return cfg
+
+    @property
+    def kind(self) -> str:
+        """Training kind shown to users: the first declared mode."""
+        return "/".join(self.modes)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Import ``derain_cli.models.<name>`` and return its ``SPEC``."""
+    if name not in MODEL_NAMES:
+        raise UnknownModelError(
+            f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}"
+        )
+    module = importlib.import_module(f"derain_cli.models.{name}")
+    return module.SPEC
+
+
+def all_specs() -> list[ModelSpec]:
+    return [get_spec(n) for n in MODEL_NAMES]

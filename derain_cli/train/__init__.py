@@ -1,0 +1,1 @@
+"""Training: one engine (:mod:`.engine`) driving per-architecture recipes (:mod:`.recipe`)."""

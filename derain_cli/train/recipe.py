@@ -1,0 +1,83 @@
+"""The contract between the training engine and an architecture.
+
+A recipe owns *what* is learned: networks (generators, discriminators,
+projection heads), optimizers, schedules and the loss terms. The engine owns
+everything else: data, devices, precision, EMA, checkpoints, validation,
+logging and DistributedDataParallel.
+
+Batches are dicts of ``B x 3 x H x W`` float tensors in [0, 1]:
+
+* ``paired``:   ``{"rainy", "clean"}`` aligned pairs
+* ``unpaired``: ``{"clean", "rainy"}`` unrelated images
+* ``semi``:     ``{"rainy", "clean", "real"}`` pairs plus unlabelled real rain
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class Recipe:
+    """Base class; subclasses fill ``self.nets`` in ``__init__`` and implement ``train_step``.
+
+    Always call networks through ``self.nets[name]`` in ``train_step``: under
+    torchrun the engine replaces those entries with DDP wrappers (the bundle
+    keeps the raw modules, so exported weights are unaffected).
+    """
+
+    #: Default learning rate and Adam betas; ``--lr`` overrides ``lr``.
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: Default variant validated during training (see ``ModelSpec.variants``).
+    val_variant: str = "default"
+
+    def __init__(self, spec, config: dict[str, Any], mode: str, lr: float | None = None):
+        self.spec = spec
+        self.config = config
+        self.mode = mode
+        if lr is not None:
+            self.lr = lr
+        self.bundle = spec.build(config)
+        #: Every trainable module by name; checkpointed and moved to the device by the engine.
+        self.nets: dict[str, Any] = {"bundle": self.bundle}
+        self.optimizers: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.total_steps = 1
+
+    # -- set-up -----------------------------------------------------------------
+    def param_groups(self) -> dict[str, list]:
+        """Optimizer name -> parameters. Default: one Adam over the bundle."""
+        return {"main": list(self.nets["bundle"].parameters())}
+
+    def setup(self, total_steps: int) -> None:
+        """Create optimizers and cosine schedules (called once nets are on their device)."""
+        import torch
+
+        self.total_steps = max(1, total_steps)
+        warmup = min(200, self.total_steps // 20)
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = (step - warmup) / max(1, self.total_steps - warmup)
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        for name, params in self.param_groups().items():
+            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+            self.optimizers[name] = opt
+            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    # -- one step ---------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        """Forward, backward and optimizer steps for one batch; returns named loss terms."""
+        raise NotImplementedError
+
+    def end_step(self) -> None:
+        for s in self.schedulers.values():
+            s.step()
+
+    @staticmethod
+    def set_requires_grad(nets, flag: bool) -> None:
+        for net in nets:
+            for p in net.parameters():
+                p.requires_grad_(flag)

@@ -1,0 +1,131 @@
+"""The shipped weights format: one safetensors file per model, never pickle.
+
+The file's metadata says which architecture and config the tensors belong to,
+so a file made for another architecture is refused before any tensor is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightsError
+
+FORMAT = "derain-weights/1"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(
+    path: str | os.PathLike,
+    state_dict: dict[str, Any],
+    *,
+    architecture: str,
+    config: dict[str, Any],
+    half: bool = True,
+    **info: Any,
+) -> str:
+    """Save an inference weights file atomically; returns its sha256.
+
+    ``half`` stores floating tensors as fp16 (halves the file; inference upcasts).
+    ``info`` (training data, steps, date, ...) goes into the metadata as JSON.
+    """
+    import torch
+    from safetensors.torch import save
+
+    tensors = {}
+    for k, v in state_dict.items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            v = v.to(torch.float16)
+        tensors[k] = v
+    meta = {"format": FORMAT, "architecture": architecture, "config": json.dumps(config, sort_keys=True)}
+    meta.update({k: json.dumps(v) for k, v in info.items()})
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return sha256_file(path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Decoded metadata of a weights file (``config`` and extra info parsed from JSON)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for bad headers
+        raise WeightsError(f"{path}: not a valid safetensors weights file ({exc})") from None
+    if raw.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a derain weights file (no '{FORMAT}' metadata)")
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in ("format", "architecture"):
+            meta[k] = v
+            continue
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def load_weights(
+    path: str | os.PathLike,
+    *,
+    architecture: str | None = None,
+    sha256: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load ``(state_dict, metadata)`` from a safetensors file, checking what it claims.
+
+    ``sha256``, when given, must match the file (a truncated or swapped file is
+    refused). ``architecture``, when given, must match the file's metadata.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: only .safetensors weights are accepted (pickle files are never loaded)")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise WeightsError(
+                f"{path}: sha256 mismatch (expected {sha256[:12]}..., got {actual[:12]}...); "
+                "the file is corrupt or not the one listed in weights.toml; delete it and pull again"
+            )
+    meta = read_metadata(path)
+    if architecture is not None and meta.get("architecture") != architecture:
+        raise WeightsError(
+            f"{path}: weights are for architecture {meta.get('architecture')!r}, not {architecture!r}"
+        )
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read tensors ({exc})") from None
+    return state, meta
