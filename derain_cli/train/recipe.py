@@ -31,8 +31,10 @@ class Recipe:
     #: Default variant validated during training (see ``ModelSpec.variants``).
     val_variant: str = "default"
 
-    def __init__(self, spec, config: dict[str, Any], mode: str, lr: float | None = None):
+    def __init__(self, spec, config: dict[str, Any], mode: str, lr: float | None = None, **options: Any):
         self.spec = spec
+        #: Recipe-specific options from the command line (for example jrgr's ``stage``).
+        self.options = options
         self.config = config
         self.mode = mode
         if lr is not None:

@@ -1,0 +1,103 @@
+"""``derain train`` and ``derain export``: the command every shipped weight file was made with."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from ..errors import DerainError
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise DerainError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def train_command(
+    model: str = typer.Option(..., "--model", "-m", help="Architecture to train (see `derain models`)."),
+    paired: Optional[Tuple[Path, Path]] = typer.Option(None, "--paired", help="RAINY_DIR CLEAN_DIR, paired by file stem."),
+    unpaired: Optional[Tuple[Path, Path]] = typer.Option(None, "--unpaired", help="CLEAN_DIR RAINY_DIR, unrelated images."),
+    semi: Optional[Tuple[Path, Path, Path]] = typer.Option(None, "--semi", help="RAINY_DIR CLEAN_DIR REAL_RAINY_DIR."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, log). Default runs/MODEL."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named size preset of the model (e.g. cpu, paper)."),
+    sets: List[str] = typer.Option([], "--set", help="Override a config value: key=value (repeatable)."),
+    patch: int = typer.Option(64, "--patch", help="Training crop size."),
+    batch: int = typer.Option(16, "--batch", help="Batch size per process."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (passes over the images) if --steps is not given."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget; ends cleanly with a checkpoint."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (overrides the recipe's)."),
+    ema: float = typer.Option(0.0, "--ema", help="EMA decay of the weights (0 = off; e.g. 0.999)."),
+    seed: int = typer.Option(0, "--seed"),
+    val: Optional[Tuple[Path, Path]] = typer.Option(None, "--val", help="RAINY_DIR CLEAN_DIR scored by Y-PSNR; the best is kept."),
+    val_every: int = typer.Option(500, "--val-every"),
+    save_every: int = typer.Option(500, "--save-every"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue exactly where it stopped."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from an exported .safetensors weights file."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write the inference weights file here."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast (fast on CPUs with AMX, and on GPUs)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (faster convs)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    stage: Optional[int] = typer.Option(None, "--stage", help="Training stage, for recipes that have stages (jrgr)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model on paired, unpaired or semi-supervised data (resumable; torchrun-ready)."""
+    chosen = [(m, v) for m, v in (("paired", paired), ("unpaired", unpaired), ("semi", semi)) if v]
+    if len(chosen) != 1:
+        raise DerainError("give exactly one of --paired RAINY CLEAN, --unpaired CLEAN RAINY, --semi RAINY CLEAN REAL")
+    if resume is not None and init is not None:
+        raise DerainError("--resume and --init exclude each other")
+    mode, folders = chosen[0]
+    from ..registry import get_spec
+
+    get_spec(model)  # unknown model -> clear error before importing the engine
+    from ..train.engine import TrainOptions, train
+
+    options = {"stage": stage} if stage is not None else {}
+    opts = TrainOptions(
+        model=model, mode=mode, folders=[str(f) for f in folders], out=out or Path("runs") / model,
+        preset=preset, overrides=_parse_sets(sets), patch=patch, batch=batch, steps=steps, epochs=epochs,
+        max_minutes=max_minutes, lr=lr, ema=ema, seed=seed, val=tuple(map(str, val)) if val else None,
+        val_every=val_every, save_every=save_every, resume=resume, init=init, export=export,
+        threads=threads, bf16=bf16, channels_last=channels_last, device=device,
+        recipe_options=options, progress=not quiet,
+        command="derain " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    result = train(opts)
+    best = f", best val PSNR-Y {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""
+    typer.echo(f"{result.stopped} at step {result.step}{best}; weights: {result.export}")
+    if result.stopped == "interrupted":
+        raise typer.Exit(130)
+
+
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Run folder of `derain train`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Weights file to write (.safetensors)."),
+    no_ema: bool = typer.Option(False, "--no-ema", help="Export the raw weights even if an EMA exists."),
+) -> None:
+    """Write the inference weights file (safetensors + metadata) from a run's last checkpoint."""
+    if output.suffix != ".safetensors":
+        raise DerainError("the exported file must end in .safetensors")
+    from ..train.engine import export_checkpoint
+    from ..weightfile import sha256_file
+
+    path = export_checkpoint(run_dir, output, use_ema=not no_ema)
+    typer.echo(f"{path}  sha256 {sha256_file(path)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("export")(export_command)

@@ -1,0 +1,147 @@
+"""Training data: folders of images held in memory, served as random augmented patches.
+
+Datasets are small (hundreds of images), so decoding once and cropping from RAM
+is far faster than re-reading files every step, and it lets every image be
+checked before training starts (a bad file is an error up front, not at step 5000).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DerainError
+from ..imageio import read_rgb8
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+#: Real photos are often far larger than synthetic training images; rain streaks in a
+#: 12-megapixel photo are many times wider than in Rain100L, so very large images are
+#: downscaled on load to this longest side to keep the two domains at a similar scale.
+MAX_SIDE = 1024
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DerainError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DerainError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _load(files: list[Path], patch: int, max_side: int | None) -> list[np.ndarray]:
+    import cv2
+
+    images = []
+    for f in files:
+        img = read_rgb8(f)
+        h, w = img.shape[:2]
+        if max_side and max(h, w) > max_side:
+            s = max_side / max(h, w)
+            img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            h, w = img.shape[:2]
+        if min(h, w) < patch:
+            raise DerainError(f"{f}: image is {w}x{h}, smaller than the training patch {patch}; use a smaller --patch")
+        images.append(img)
+    return images
+
+
+def load_paired(rainy_dir, clean_dir, patch: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Pairs by file stem; a missing partner is an error naming the stems."""
+    rainy = {p.stem: p for p in list_images(rainy_dir)}
+    clean = {p.stem: p for p in list_images(clean_dir)}
+    only_r, only_c = sorted(set(rainy) - set(clean)), sorted(set(clean) - set(rainy))
+    if only_r or only_c:
+        parts = []
+        if only_r:
+            parts.append(f"rainy without clean: {', '.join(only_r[:10])}{' ...' if len(only_r) > 10 else ''}")
+        if only_c:
+            parts.append(f"clean without rainy: {', '.join(only_c[:10])}{' ...' if len(only_c) > 10 else ''}")
+        raise DerainError("unpaired files in paired training data; " + "; ".join(parts))
+    stems = sorted(rainy)
+    r = _load([rainy[s] for s in stems], patch, None)
+    c = _load([clean[s] for s in stems], patch, None)
+    for s, a, b in zip(stems, r, c):
+        if a.shape != b.shape:
+            raise DerainError(f"pair {s!r}: rainy is {a.shape[1]}x{a.shape[0]} but clean is {b.shape[1]}x{b.shape[0]}")
+    return r, c, stems
+
+
+def load_folder(folder, patch: int, max_side: int | None = MAX_SIDE) -> list[np.ndarray]:
+    return _load(list_images(folder), patch, max_side)
+
+
+class PatchSampler:
+    """Draws batches of random crops with flips and 90-degree rotations.
+
+    ``sources`` maps batch keys to lists of images; keys in the same ``aligned``
+    group share image index, crop and augmentation (rainy/clean pairs).
+    ``rank``/``world`` shard the images so each DDP rank sees its own part.
+    """
+
+    def __init__(self, sources: dict[str, list[np.ndarray]], groups: list[list[str]], patch: int,
+                 batch: int, seed: int, rank: int = 0, world: int = 1):
+        self.sources, self.groups, self.patch, self.batch = sources, groups, patch, batch
+        self.index = {}
+        for group in groups:
+            n = len(sources[group[0]])
+            idx = np.arange(n)
+            self.index[group[0]] = idx[rank::world] if n >= world else idx
+        self.rng = np.random.default_rng([seed, rank])
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def _crop(self, imgs: list[np.ndarray]) -> list[np.ndarray]:
+        p, rng = self.patch, self.rng
+        h, w = imgs[0].shape[:2]
+        y, x = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1)
+        flip, rot = rng.integers(0, 2), rng.integers(0, 4)
+        out = []
+        for im in imgs:
+            c = im[y:y + p, x:x + p]
+            if flip:
+                c = c[:, ::-1]
+            out.append(np.rot90(c, rot))
+        return out
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        """A dict of ``B x 3 x P x P`` float32 arrays in [0, 1]."""
+        out: dict[str, list] = {k: [] for g in self.groups for k in g}
+        for group in self.groups:
+            idx = self.index[group[0]]
+            for _ in range(self.batch):
+                i = idx[self.rng.integers(0, len(idx))]
+                for key, crop in zip(group, self._crop([self.sources[k][i] for k in group])):
+                    out[key].append(crop)
+        return {k: np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+                for k, v in out.items()}
+
+
+def build_sampler(mode: str, folders: list[str], patch: int, batch: int, seed: int,
+                  rank: int = 0, world: int = 1) -> tuple[PatchSampler, dict]:
+    """The sampler for a training mode plus a description of the data for the weights metadata."""
+    if mode == "paired":
+        rainy, clean, _ = load_paired(folders[0], folders[1], patch)
+        sources, groups = {"rainy": rainy, "clean": clean}, [["rainy", "clean"]]
+        info = {"paired": {"rainy": str(folders[0]), "clean": str(folders[1]), "count": len(rainy)}}
+    elif mode == "unpaired":
+        clean, rainy = load_folder(folders[0], patch), load_folder(folders[1], patch)
+        sources, groups = {"clean": clean, "rainy": rainy}, [["clean"], ["rainy"]]
+        info = {"unpaired": {"clean": str(folders[0]), "clean_count": len(clean),
+                             "rainy": str(folders[1]), "rainy_count": len(rainy)}}
+    elif mode == "semi":
+        rainy, clean, _ = load_paired(folders[0], folders[1], patch)
+        real = load_folder(folders[2], patch)
+        sources, groups = {"rainy": rainy, "clean": clean, "real": real}, [["rainy", "clean"], ["real"]]
+        info = {"semi": {"rainy": str(folders[0]), "clean": str(folders[1]), "count": len(rainy),
+                         "real": str(folders[2]), "real_count": len(real)}}
+    else:
+        raise DerainError(f"unknown training mode {mode!r}")
+    return PatchSampler(sources, groups, patch, batch, seed, rank, world), info

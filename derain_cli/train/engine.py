@@ -1,0 +1,369 @@
+"""The training engine shared by every architecture.
+
+It owns data, devices, precision, EMA, checkpoints, validation, logging and
+DistributedDataParallel; the architecture's :class:`~derain_cli.train.recipe.Recipe`
+owns the networks and losses. Under ``torchrun`` each rank samples its own shard
+of the images and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DerainError
+from ..registry import get_spec
+from ..weightfile import load_weights, save_weights
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import build_sampler, load_paired
+
+
+@dataclass
+class TrainOptions:
+    model: str
+    mode: str
+    folders: list[str]
+    out: Path
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    patch: int = 64
+    batch: int = 16
+    steps: int | None = None
+    epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float | None = None
+    ema: float = 0.0
+    seed: int = 0
+    val: tuple[str, str] | None = None
+    val_every: int = 500
+    save_every: int = 500
+    log_every: int = 10
+    resume: Path | None = None
+    init: Path | None = None
+    export: Path | None = None
+    threads: int | None = None
+    bf16: bool = False
+    channels_last: bool = False
+    device: str = "cpu"
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    command: str = ""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: dict[str, float]
+    best_psnr: float | None
+    export: Path | None
+    stopped: str  # "done", "time budget", "interrupted"
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DerainError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+
+
+def _total_steps(opts: TrainOptions, n_images: int, world: int) -> int:
+    if opts.steps:
+        return opts.steps
+    epochs = opts.epochs or 100
+    return max(1, epochs * math.ceil(n_images / (opts.batch * world)))
+
+
+def _update_ema(ema, model, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+            if e.is_floating_point():
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            else:
+                e.copy_(p)
+
+
+def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.ndarray]], device) -> float:
+    """Mean Y-channel PSNR of the derained validation images (whole-image inference)."""
+    from ..metrics import psnr_y
+
+    net = spec.derain_net(bundle, variant)
+    was_training = net.training
+    net.eval()
+    lo, hi = spec.input_range
+    m = spec.size_multiple
+    scores = []
+    with torch.inference_mode():
+        for rainy, clean in zip(*pairs):
+            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float().div(255).to(device)
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % m, (-w) % m
+            if ph or pw:
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+            y = net(x * (hi - lo) + lo)
+            y = ((y - lo) / (hi - lo))[..., :h, :w].clamp(0, 1)
+            out = (y[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+            scores.append(psnr_y(out, clean))
+    net.train(was_training)
+    return float(np.mean(scores))
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    """Run (or resume) one training job; returns when done, out of time, or interrupted."""
+    spec = get_spec(opts.model)
+    if opts.mode not in spec.modes:
+        raise DerainError(
+            f"model {spec.name!r} does not train in {opts.mode} mode; it supports: {', '.join(spec.modes)}"
+        )
+    rank, world = _dist_info()
+    is_main = rank == 0
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if is_main:
+        _check_out_dir(opts.out)
+    if opts.export is not None and is_main:
+        _check_out_dir(Path(opts.export).parent)
+
+    # Everything that can fail on bad input happens before the first step.
+    sampler, data_info = build_sampler(opts.mode, opts.folders, opts.patch, opts.batch, opts.seed, rank, world)
+    val_pairs = None
+    if opts.val:
+        vr, vc, _ = load_paired(opts.val[0], opts.val[1], 1)
+        val_pairs = (vr, vc)
+
+    resume_dir = None
+    if opts.resume is not None:
+        resume_dir = Path(opts.resume)
+        if (resume_dir / "last").is_dir():
+            resume_dir = resume_dir / "last"
+        if not (resume_dir / "state.json").is_file():
+            raise DerainError(f"nothing to resume in {opts.resume} (no checkpoint found)")
+        saved = json.loads((resume_dir / "state.json").read_text())["extra"]
+        config = saved["config"]
+    elif opts.init is not None:
+        _, meta = load_weights(opts.init, architecture=spec.name)
+        config = dict(meta["config"])
+        config.update(opts.overrides)
+    else:
+        try:
+            config = spec.config(opts.preset, **opts.overrides)
+        except ValueError as exc:
+            raise DerainError(str(exc)) from None
+
+    device = torch.device(opts.device)
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+
+    torch.manual_seed(opts.seed)
+    random.seed(opts.seed)
+    recipe = spec.recipe(spec, config, opts.mode, lr=opts.lr, **opts.recipe_options)
+    for name, net in recipe.nets.items():
+        net.to(device)
+        if opts.channels_last:
+            net.to(memory_format=torch.channels_last)
+    if opts.init is not None and resume_dir is None:
+        state, _ = load_weights(opts.init, architecture=spec.name)
+        recipe.bundle.load_state_dict({k: v.float() for k, v in state.items()})
+
+    raw_nets = dict(recipe.nets)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # A recipe may list the bundle beside its own sub-networks (G_A, G_B, ...): wrap each
+        # parameter once, preferring the finer-grained entries the recipe calls directly.
+        others = {id(p) for n, m in recipe.nets.items() if n != "bundle" for p in m.parameters()}
+        for name, net in list(recipe.nets.items()):
+            params = list(net.parameters())
+            if name == "bundle" and any(id(p) in others for p in params):
+                continue
+            if any(p.requires_grad for p in params):
+                recipe.nets[name] = DDP(net, find_unused_parameters=True,
+                                        device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_images = len(next(iter(sampler.sources.values())))
+    total = _total_steps(opts, n_images, world)
+    if resume_dir is not None and not opts.steps and not opts.epochs:
+        total = saved.get("total_steps", total)
+    recipe.setup(total)
+    ema = None
+    if opts.ema > 0:
+        ema = copy.deepcopy(recipe.bundle).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
+
+    step, best = 0, None
+    if resume_dir is not None:
+        extra = load_checkpoint(resume_dir, nets=raw_nets, optimizers=recipe.optimizers,
+                                schedulers=recipe.schedulers, ema=ema)
+        step, best = extra["step"], extra.get("best_psnr")
+        sampler.set_state(extra["sampler"][rank] if isinstance(extra["sampler"], list) else extra["sampler"])
+        np.random.set_state(tuple(extra["numpy_rng"]))  # type: ignore[arg-type]
+        random.setstate(_to_tuple(extra["python_rng"]))
+    out = Path(opts.out)
+    log_path = out / "log.jsonl"
+
+    def extra_state() -> dict[str, Any]:
+        return {
+            "step": step, "best_psnr": best, "config": config, "model": spec.name, "mode": opts.mode,
+            "sampler": sampler.state(), "numpy_rng": list(_jsonable(np.random.get_state())),
+            "python_rng": _jsonable(random.getstate()), "total_steps": total, "data": data_info,
+            "command": opts.command, "recipe_options": opts.recipe_options,
+        }
+
+    def checkpoint(name: str = "last") -> None:
+        if is_main:
+            save_checkpoint(out / name, nets=raw_nets, optimizers=recipe.optimizers,
+                            schedulers=recipe.schedulers, ema=ema, extra=extra_state())
+
+    def export(path: Path) -> None:
+        source = ema if ema is not None else recipe.bundle
+        save_weights(path, source.state_dict(), architecture=spec.name, config=config,
+                     steps=step, data=data_info, date=_dt.date.today().isoformat(),
+                     command=opts.command, val_psnr=best)
+
+    def log(record: dict[str, Any]) -> None:
+        if is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if opts.bf16
+                else _NullContext())
+    start_time = time.monotonic()
+    stopped = "done"
+    losses: dict[str, float] = {}
+    progress = _make_progress(opts.progress and is_main)
+    task = progress.add_task(f"{spec.name} ({opts.mode})", total=total, completed=step, terms="")
+    last_t, last_step = time.monotonic(), step
+    try:
+        with progress:
+            while step < total:
+                batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.next_batch().items()}
+                if opts.channels_last:
+                    batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+                with autocast:
+                    losses = recipe.train_step(batch, step)
+                recipe.end_step()
+                if ema is not None:
+                    _update_ema(ema, recipe.bundle, opts.ema)
+                step += 1
+                if step % opts.log_every == 0 or step == total:
+                    now = time.monotonic()
+                    sps = (step - last_step) / max(1e-9, now - last_t)
+                    last_t, last_step = now, step
+                    lr = next(iter(recipe.optimizers.values())).param_groups[0]["lr"]
+                    log({"step": step, **{k: round(float(v), 6) for k, v in losses.items()},
+                         "lr": lr, "steps_per_s": round(sps, 3)})
+                    terms = " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
+                    progress.update(task, completed=step, terms=f"{terms} | {sps:.2f} it/s")
+                if val_pairs is not None and is_main and (step % opts.val_every == 0 or step == total):
+                    score = validate(spec, ema if ema is not None else recipe.bundle,
+                                     recipe.val_variant, val_pairs, device)
+                    log({"step": step, "val_psnr_y": round(score, 4)})
+                    if best is None or score > best:
+                        best = score
+                        export(out / "best.safetensors")
+                if step % opts.save_every == 0 and step < total:
+                    checkpoint()
+                if opts.max_minutes is not None and (time.monotonic() - start_time) / 60 >= opts.max_minutes:
+                    stopped = "time budget"
+                    break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    checkpoint()
+    if is_main:
+        export(out / "model.safetensors")
+        if opts.export is not None:
+            export(Path(opts.export))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(step=step, losses={k: float(v) for k, v in losses.items()}, best_psnr=best,
+                       export=Path(opts.export) if opts.export else out / "model.safetensors",
+                       stopped=stopped)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _make_progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[terms]}"),
+        disable=not enabled, transient=False,
+    )
+
+
+def _jsonable(obj):
+    if isinstance(obj, tuple):
+        return [_jsonable(o) for o in obj]
+    if isinstance(obj, list):
+        return [_jsonable(o) for o in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _to_tuple(obj):
+    if isinstance(obj, list):
+        return tuple(_to_tuple(o) for o in obj)
+    return obj
+
+
+def export_checkpoint(run_dir: Path, out_file: Path, use_ema: bool = True) -> Path:
+    """Write an inference weights file from a run folder's last checkpoint (``derain export``)."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(run_dir) / "last" if (Path(run_dir) / "last").is_dir() else Path(run_dir)
+    if not (ckpt / "state.json").is_file():
+        raise DerainError(f"no checkpoint in {run_dir}")
+    extra = json.loads((ckpt / "state.json").read_text())["extra"]
+    spec = get_spec(extra["model"])
+    recipe = spec.recipe(spec, extra["config"], extra["mode"], **extra.get("recipe_options", {}))
+    tensors = load_file(str(ckpt / "state.safetensors"))
+    ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if use_ema and ema_state:
+        recipe.bundle.load_state_dict(ema_state)
+    else:
+        for name, net in recipe.nets.items():
+            prefix = f"net.{name}."
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    save_weights(out_file, recipe.bundle.state_dict(), architecture=spec.name, config=extra["config"],
+                 steps=extra["step"], data=extra.get("data"), date=_dt.date.today().isoformat(),
+                 command=extra.get("command", ""), val_psnr=extra.get("best_psnr"))
+    return Path(out_file)
