@@ -64,3 +64,19 @@ def tiny_pairs(tmp_path: Path):
         cv2.imwrite(str(tmp_path / "rainy" / f"{i:03d}.png"), rainy[:, :, ::-1])
         cv2.imwrite(str(tmp_path / "clean" / f"{i:03d}.png"), clean[:, :, ::-1])
     return tmp_path
+
+
+@pytest.fixture
+def hub_server():
+    """A local stand-in for the Hugging Face Hub resolve endpoint (tests/hubserver.py).
+
+    Add files with ``hub_server.add(repo_id, filename, data, repo_type=...)`` and pass
+    ``endpoint=hub_server.endpoint`` to ``hf_hub_download``; stopped after the test.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hubserver import HubServer
+
+    with HubServer() as server:
+        yield server

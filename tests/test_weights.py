@@ -1,0 +1,385 @@
+"""weights.toml, the resolution order and hub downloads (against tests/hubserver.py)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+from derain_cli import weights
+from derain_cli.errors import WeightsError
+from derain_cli.weightfile import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_ID = "derain-test/tiny"
+CONFIG = {"c": 4}
+
+
+def make_weights(path: Path, *, architecture: str = "dualstage", config=None, seed: int = 0) -> bytes:
+    """A small random safetensors weights file, as training would export it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g)}
+    save_weights(path, state, architecture=architecture, config=config or CONFIG, steps=1)
+    return path.read_bytes()
+
+
+def entry_toml(name: str, data: bytes, *, hub: str | None = None, config: str = "{ c = 4 }", extra: str = "") -> str:
+    text = f"""
+[{name}]
+file = "{name}.safetensors"
+sha256 = "{hashlib.sha256(data).hexdigest()}"
+size = {len(data)}
+preset = "tiny"
+config = {config}
+trained_on = "random tensors for tests (research use only)"
+steps = 1
+command = "pytest tests/test_weights.py"
+{extra}
+"""
+    if hub:
+        text += f'repo_id = "{REPO_ID}"\nrevision = "{hub}"\nfilename = "{name}.safetensors"\n'
+    text += f"""
+[{name}.metrics.rain100l]
+psnr = 12.5
+ssim = 0.25
+command = "derain eval --model {name} rain100l"
+"""
+    return text
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An isolated registry, bundle folder and HF cache; no hub settings inherited from the shell."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("COLUMNS", "200")
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
+    toml = tmp_path / "weights.toml"
+    toml.write_text("# empty\n")
+    monkeypatch.setenv(weights.TOML_ENV, str(toml))
+    return tmp_path
+
+
+@pytest.fixture
+def published(env, hub_server):
+    """``dualstage`` weights published on the local hub (not bundled); returns (bytes, revision)."""
+    data = make_weights(env / "src.safetensors")
+    revision = hub_server.add(REPO_ID, "dualstage.safetensors", data)
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, hub=revision))
+    return data, revision
+
+
+def _gets(server) -> int:
+    return sum(1 for method, _ in server.requests if method == "GET")
+
+
+# -- weights.toml ----------------------------------------------------------------------
+def test_shipped_registry_parses_and_package_copy_is_identical():
+    assert weights.PACKAGED_TOML.read_bytes() == (REPO / "weights.toml").read_bytes()
+    entries = weights.load_registry(REPO / "weights.toml")
+    for e in entries.values():  # every listed file must really be bundled and intact
+        path = weights.PACKAGE_DIR / "data" / "weights" / e.file
+        assert path.stat().st_size == e.size, e.name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == e.sha256, e.name
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('preset = "tiny"\n', ""), "missing field(s): preset"),
+        (lambda t: t.replace("sha256 = \"", "sha256 = \"X"), "64 lowercase hex"),
+        (lambda t: t.replace("[dualstage]", "[dualstage]\nmodel = \"nosuch\""), "not registered"),
+        (lambda t: t + '[dualstage2]\nfile = "x"\n', "missing field"),
+        (lambda t: t.replace("size = ", "size = \"1\"\nx_size = "), "unknown field"),
+        (lambda t: t.replace('filename = "dualstage.safetensors"\n', ""), "give all three or none"),
+        (lambda t: t.replace("revision = \"", "revision = \"main\"\nold_revision = \""), "unknown field"),
+        (lambda t: t.replace('psnr = 12.5', 'psnr = "high"'), "must be a number"),
+        (lambda t: t.replace('command = "derain eval', 'cmd = "derain eval'), "needs the exact 'command'"),
+        (lambda t: t + "[broken", "invalid TOML"),
+    ],
+)
+def test_bad_registry_entries_are_refused(env, edit, message):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(edit(entry_toml("dualstage", data, hub="a" * 40)))
+    with pytest.raises(WeightsError) as info:
+        weights.load_registry()
+    assert message in str(info.value)
+
+
+def test_branch_revision_is_refused(env):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, hub="main"))
+    with pytest.raises(WeightsError, match="40-hex commit"):
+        weights.load_registry()
+
+
+def test_entry_lookup_and_metrics(env):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(entry_toml("dualstage", data))
+    e = weights.entry("dualstage")
+    assert e.model == "dualstage" and e.size == len(data) and not e.published
+    assert e.metric_text("rain100l") == "12.50 dB / 0.2500"
+    with pytest.raises(WeightsError, match="unknown model 'nosuch'"):
+        weights.entry("nosuch")
+    with pytest.raises(WeightsError, match="no trained weights are listed for 'jrgr'"):
+        weights.entry("jrgr")
+
+
+# -- hub downloads -------------------------------------------------------------------
+def test_download_from_local_hub_then_cache(env, published, hub_server):
+    data, revision = published
+    assert weights.weights_status("dualstage") == "missing"
+    state, meta = weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert meta["weights_source"] == "download" and meta["architecture"] == "dualstage"
+    assert meta["config"] == CONFIG and set(state) == {"conv.weight", "conv.bias"}
+    assert Path(meta["weights_path"]).read_bytes() == data
+    assert revision in meta["weights_path"] and str(env / "hf" / "hub") in meta["weights_path"]
+    assert weights.weights_status("dualstage") == "cached"
+    gets = _gets(hub_server)
+    assert gets == 1
+    _, meta = weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert meta["weights_source"] == "cache" and _gets(hub_server) == gets
+
+
+def test_hf_endpoint_and_hf_home_are_read_at_call_time(env, published, hub_server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(env / "other-home"))
+    path, how = weights.pull("dualstage")
+    assert how == "downloaded" and str(env / "other-home" / "hub") in str(path)
+    assert weights.pull("dualstage")[1] == "cached"
+
+
+def test_offline_use_from_cache(env, published, hub_server, monkeypatch):
+    weights.pull("dualstage", endpoint=hub_server.endpoint)
+    hub_server.stop()
+    n = len(hub_server.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    state, meta = weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert meta["weights_source"] == "cache" and len(hub_server.requests) == n
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # no server either: the cache still serves
+    assert weights.open_weights("dualstage", endpoint=hub_server.endpoint)[1]["weights_source"] == "cache"
+
+
+def test_offline_without_cache_says_what_to_do(env, published, hub_server, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set") as info:
+        weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert "--weights FILE" in str(info.value) and hub_server.requests == []
+
+
+def test_file_missing_on_the_hub_is_a_clear_error(env, hub_server):
+    # (an unreachable hub takes the same path, after huggingface_hub's ~20 s of retries)
+    data = make_weights(env / "src.safetensors")
+    revision = hub_server.add(REPO_ID, "other.safetensors", data)
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, hub=revision))
+    with pytest.raises(WeightsError, match="could not download weights for 'dualstage'") as info:
+        weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert "EntryNotFound" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupted_download_is_refused_and_deleted(env, hub_server):
+    data = make_weights(env / "src.safetensors")
+    bad = bytearray(data)
+    bad[-5] ^= 0xFF  # same size, different bytes: only the sha256 can tell
+    revision = hub_server.add(REPO_ID, "dualstage.safetensors", bytes(bad))
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, hub=revision))
+    with pytest.raises(WeightsError, match="does not match the sha256"):
+        weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    leftovers = [p for p in (env / "hf" / "hub").rglob("*") if p.is_file() or p.is_symlink()]
+    assert not [p for p in leftovers if "snapshots" in p.parts or "blobs" in p.parts]
+    assert weights.weights_status("dualstage") == "missing"
+
+
+def test_corrupt_cached_file_is_deleted_then_fetched_again(env, published, hub_server, monkeypatch):
+    data, _ = published
+    path, _ = weights.pull("dualstage", endpoint=hub_server.endpoint)
+    blob = path.resolve()
+    blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="deleted"):
+        weights.open_weights("dualstage")
+    assert not path.exists() and not blob.exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    _, meta = weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert meta["weights_source"] == "download" and Path(meta["weights_path"]).read_bytes() == data
+
+
+def test_not_published_and_not_bundled(env):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(entry_toml("dualstage", data))
+    with pytest.raises(WeightsError, match="not published on a hub yet"):
+        weights.open_weights("dualstage")
+    with pytest.raises(WeightsError, match="not published on a hub yet"):
+        weights.pull("dualstage")
+
+
+# -- bundled files and the resolution order -------------------------------------------
+def test_bundled_file_wins_over_cache_and_hub(env, published, hub_server):
+    data, _ = published
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(data)
+    assert weights.weights_status("dualstage") == "bundled"
+    _, meta = weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    assert meta["weights_source"] == "bundled" and hub_server.requests == []
+    assert weights.pull("dualstage", endpoint=hub_server.endpoint)[1] == "bundled"
+    assert weights.weights_path("dualstage") == weights.BUNDLED_DIR / "dualstage.safetensors"
+
+
+def test_truncated_bundled_file_is_refused(env, published, hub_server):
+    data, _ = published
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(data[: len(data) // 2])
+    assert weights.weights_status("dualstage") == "corrupt"
+    with pytest.raises(WeightsError, match="truncated or replaced"):
+        weights.open_weights("dualstage", endpoint=hub_server.endpoint)
+    with pytest.raises(WeightsError, match="truncated or replaced"):
+        weights.weights_path("dualstage")
+    assert hub_server.requests == []  # refused outright, never silently replaced
+
+
+def test_weights_file_option_comes_first(env, published, hub_server):
+    data, _ = published
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(data)
+    mine = env / "mine.safetensors"
+    make_weights(mine, seed=7)
+    state, meta = weights.open_weights("dualstage", mine)
+    assert meta["weights_source"] == "file" and meta["weights_path"] == str(mine)
+    bundled_state, _ = weights.open_weights("dualstage")
+    assert not (state["conv.bias"] == bundled_state["conv.bias"]).all()
+
+
+def test_weights_for_another_architecture_are_refused(env):
+    other = env / "other.safetensors"
+    make_weights(other, architecture="dcdgan")
+    with pytest.raises(WeightsError, match="architecture 'dcdgan', not 'dualstage'"):
+        weights.open_weights("dualstage", other)
+    # also when such a file is listed (and bundled) under the wrong entry
+    (env / "weights.toml").write_text(entry_toml("dualstage", other.read_bytes()))
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(other.read_bytes())
+    with pytest.raises(WeightsError, match="architecture 'dcdgan', not 'dualstage'"):
+        weights.open_weights("dualstage")
+
+
+def test_listed_config_must_match_the_file(env):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, config="{ c = 8 }"))
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(data)
+    with pytest.raises(WeightsError, match="config in the file's metadata differs"):
+        weights.open_weights("dualstage")
+
+
+def test_pickle_files_are_never_loaded(env, monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append(a))
+    pt = env / "model.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, pt)
+    with pytest.raises(WeightsError, match="only .safetensors"):
+        weights.open_weights("dualstage", pt)
+    disguised = env / "model.safetensors"
+    buf = io.BytesIO()
+    torch.save({"conv.weight": torch.zeros(1)}, buf)
+    disguised.write_bytes(buf.getvalue())
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
+        weights.open_weights("dualstage", disguised)
+    assert calls == []
+
+
+# -- CLI -------------------------------------------------------------------------------
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from derain_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["derain", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("derain: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_weights_pull_path_list(env, published, hub_server, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    code, out, err = run_cli(monkeypatch, capsys, "weights", "path", "dualstage")
+    assert code != 0 and "derain weights pull dualstage" in _one_error_line(err)
+    code, out, err = run_cli(monkeypatch, capsys, "weights", "pull", "dualstage")
+    assert code == 0 and out.startswith("dualstage: downloaded "), (out, err)
+    code, out, _ = run_cli(monkeypatch, capsys, "weights", "path", "dualstage")
+    assert code == 0 and Path(out.strip()).read_bytes() == published[0]
+    code, out, _ = run_cli(monkeypatch, capsys, "weights", "list")
+    assert code == 0 and "dualstage" in out and "cached" in out and "12.50 dB" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "weights", "pull", "--all")
+    assert code == 0 and "dualstage: cached" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("weights", "pull", "nosuch"), "unknown model 'nosuch'"),
+        (("weights", "path", "jrgr"), "no trained weights are listed for 'jrgr'"),
+        (("weights", "pull"), "give either NAME... or --all"),
+    ],
+)
+def test_cli_errors_are_one_line(env, monkeypatch, capsys, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code != 0 and message in _one_error_line(err)
+
+
+def test_cli_pull_not_published_is_one_line(env, monkeypatch, capsys):
+    data = make_weights(env / "a.safetensors")
+    (env / "weights.toml").write_text(entry_toml("dualstage", data))
+    code, _, err = run_cli(monkeypatch, capsys, "weights", "pull", "dualstage")
+    assert code != 0 and "not published on a hub yet" in _one_error_line(err)
+
+
+def test_cli_models_table_survives_a_broken_model(env, published, hub_server, monkeypatch, capsys):
+    import torch
+
+    from derain_cli import registry
+
+    def fake_get_spec(name):
+        if name != "dualstage":
+            raise ImportError(f"{name} exploded on import")
+        return registry.ModelSpec(
+            name="dualstage", summary="a tiny stand-in", paper="", presets={"tiny": {"n": 1000}},
+            default_preset="tiny", build=lambda cfg: torch.nn.Linear(cfg["n"], cfg["n"]),
+            derain_net=lambda bundle, variant: bundle, modes=("paired",), recipe=None,
+            weights_entry="dualstage",
+        )
+
+    monkeypatch.setattr(registry, "get_spec", fake_get_spec)
+    weights.pull("dualstage", endpoint=hub_server.endpoint)
+    code, out, err = run_cli(monkeypatch, capsys, "models")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "dualstage" in line)
+    assert "1.00 M" in row and "cached" in row and "12.50 dB / 0.2500" in row and "tiny stand-in" in row
+    assert "jrgr exploded on import" in out
+    jrgr = next(line for line in out.splitlines() if "jrgr" in line)
+    assert "missing" in jrgr
+
+
+def test_cli_models_with_a_broken_registry_still_lists(env, monkeypatch, capsys):
+    from derain_cli import registry
+
+    def broken(name):
+        raise ImportError("not today")
+
+    monkeypatch.setattr(registry, "get_spec", broken)
+    (env / "weights.toml").write_text("[broken")
+    code, out, err = run_cli(monkeypatch, capsys, "models")
+    assert code == 0 and "invalid TOML" in out and "dualstage" in out
