@@ -195,12 +195,13 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else ``HF_HUB_CACHE``, else ``$HF_HOME/hub`` (as huggingface_hub does)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expandvars(explicit)).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface"
     )
-    return Path(home).expanduser() / "hub"
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
 # -- locating files ------------------------------------------------------------------
