@@ -1,0 +1,81 @@
+"""``derain rainify``: render rain onto clean photos with an unpaired model's rain generator.
+
+A data-augmentation tool: the outputs keep the input file names, so
+``derain train --paired OUT CLEAN`` pairs each rendered image with its source.
+torch is imported only when the command runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import DerainError
+
+#: Registered models that have a clean -> rainy generator.
+RAINIFY_MODELS = ("dcdgan", "jrgr", "rainfog")
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Expand folders to the images inside them (sorted); files are kept as given."""
+    from ..imageio import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DerainError(f"no images in {item} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DerainError(f"no such file or folder: {item}")
+    return files
+
+
+def rainify_command(
+    images: list[Path] = typer.Argument(..., help="Clean images or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created); files keep their input names."),
+    model: str = typer.Option("dcdgan", "--model", "-m", help=f"Model with a rain generator: {', '.join(RAINIFY_MODELS)}."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file (default: the registered one)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    seed: int = typer.Option(0, "--seed", help="Random seed, for generators that sample rain."),
+    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality of the outputs."),
+) -> None:
+    """Add rain to clean photos (data augmentation for training your own deraining model).
+
+    Example: derain rainify clean/ --model dcdgan -o rainy/
+    """
+    from ..registry import MODEL_NAMES, get_spec
+
+    if model not in MODEL_NAMES:
+        raise DerainError(f"unknown model {model!r}; models that render rain: {', '.join(RAINIFY_MODELS)}")
+    if get_spec(model).rainify_net is None:
+        raise DerainError(f"model {model!r} has no rain generator; use one of: {', '.join(RAINIFY_MODELS)}")
+    files = collect_images(images)
+    if out.exists() and not out.is_dir():
+        raise DerainError(f"--out must be a folder, not the file {out}")
+    targets = [out / f.name for f in files]
+    if len(set(targets)) != len(targets):
+        raise DerainError("two inputs share a file name; rainify them into separate --out folders")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DerainError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+
+    import torch
+
+    from ..api import load_model
+
+    torch.manual_seed(seed)
+    generator = load_model(model, weights=weights, device=device, threads=threads, task="rainify")
+    for src, dst in zip(files, targets):
+        generator.derain_file(src, dst, quality=quality)  # same pipeline, clean -> rainy network
+        print(dst)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rainify")(rainify_command)

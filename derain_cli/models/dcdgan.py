@@ -1,0 +1,408 @@
+"""DCD-GAN: unpaired deraining by dual contrastive learning (Chen et al., CVPR 2022).
+
+Two ResNet generators translate between the rain and clean domains
+(``G_A``: rain -> clean, ``G_B``: clean -> rain) while two PatchGAN
+discriminators judge the results. Instead of a cycle loss, each translation is
+tied to its input by PatchNCE: the *output* of one generator is encoded by the
+*other* generator's encoder and every output patch must pick out the feature of
+the same input location among all patches of the batch (the "dual" pairing of
+the authors' code, inherited from DCLGAN). Identity L1 terms keep each
+generator still on images already in its target domain.
+
+The networks follow the authors' code (which is built on CUT/DCLGAN):
+anti-aliased down- and upsampling (BlurPool), InstanceNorm without affine
+parameters, Xavier init with gain 0.02, hinge GAN loss, no image pool, and the
+weighting ``loss_G = 0.5 (GAN_A + GAN_B) + 0.5 (NCE_1 + NCE_2) + 0.5 (idt_A + idt_B)``
+with ``NCE_i`` already scaled by ``lambda_nce = 2``. All widths and depths are
+config values; the ``paper`` preset is the official size (11,378,179 parameters
+per generator).
+
+One deliberate, configurable deviation: ``global_residual`` makes a generator
+predict ``x + tanh(...)`` instead of ``tanh(...)``. The official model
+(``paper`` preset) leaves it off; the ``cpu`` preset turns it on so that a few
+thousand CPU steps start from the identity instead of from a grey image.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import ModelSpec
+from ..train.recipe import Recipe
+
+# ---------------------------------------------------------------------------
+# anti-aliased resampling (Zhang 2019, "Making convolutional networks shift-invariant again")
+
+
+def _binomial_filter(size: int) -> torch.Tensor:
+    """Normalised 2-D binomial kernel: [1,2,1] for size 3, [1,3,3,1] for size 4."""
+    row = torch.tensor([1.0])
+    for _ in range(size - 1):
+        row = torch.cat([row, torch.zeros(1)]) + torch.cat([torch.zeros(1), row])
+    kernel = row[:, None] * row[None, :]
+    return kernel / kernel.sum()
+
+
+class BlurDownsample(nn.Module):
+    """Blur with a fixed [1,2,1] kernel, then keep every second pixel (no parameters)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        kernel = _binomial_filter(3)[None, None].repeat(channels, 1, 1, 1)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.kernel, stride=2, groups=self.channels)
+
+
+class BlurUpsample(nn.Module):
+    """Zero-insertion x2 upsampling smoothed by a fixed [1,3,3,1] kernel (no parameters)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        kernel = _binomial_filter(4)[None, None].repeat(channels, 1, 1, 1) * 4.0
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        y = F.conv_transpose2d(x, self.kernel, stride=2, padding=2, groups=self.channels)
+        return y[:, :, 1:-1, 1:-1]  # (2H + 2) -> 2H, aligned with the input grid
+
+
+def _instance_norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    """Two reflect-padded 3x3 convolutions with InstanceNorm and an identity shortcut."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _instance_norm(channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _instance_norm(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The CUT/DCLGAN ResNet generator, one flat layer list so encoder layers have stable indices.
+
+    Layer order (as in the reference code, which the ``nce_layers`` indices refer to):
+    0 pad, 1 conv7, 2 norm, 3 relu, then per downsampling conv/norm/relu/blur
+    (4-7 and 8-11), then one entry per residual block (12...), then per
+    upsampling blur/conv/norm/relu, then pad, conv7, tanh.
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, global_residual: bool = False):
+        super().__init__()
+        self.global_residual = global_residual
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), _instance_norm(ngf), nn.ReLU(True)]
+        ch = ngf
+        for _ in range(2):
+            layers += [nn.Conv2d(ch, ch * 2, 3, padding=1), _instance_norm(ch * 2), nn.ReLU(True), BlurDownsample(ch * 2)]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [BlurUpsample(ch), nn.Conv2d(ch, ch // 2, 3, padding=1), _instance_norm(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, 3, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, layers: Sequence[int] | None = None, encode_only: bool = False):
+        """Translate ``x`` (in [-1, 1]); with ``layers``, also return those layers' features.
+
+        ``encode_only`` stops after the deepest requested layer and returns only the
+        features, which is all PatchNCE needs.
+        """
+        if not layers:
+            y = self.model(x)
+            return x + y if self.global_residual else y
+        wanted = set(layers)
+        last = max(wanted)
+        feats = []
+        h = x
+        for i, layer in enumerate(self.model):
+            h = layer(h)
+            if i in wanted:
+                feats.append(h)
+            if encode_only and i == last:
+                return feats
+        y = x + h if self.global_residual else h
+        return y, feats
+
+    def feature_channels(self, layers: Sequence[int]) -> list[int]:
+        """Channel count of each requested layer's output (for sizing the projection heads)."""
+        with torch.no_grad():
+            feats = self(torch.zeros(1, 3, 16, 16), layers, encode_only=True)
+        return [f.shape[1] for f in feats]
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (70x70 receptive field at n_layers 3) with anti-aliased strides, as in CUT."""
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, ndf, 4, padding=1), nn.LeakyReLU(0.2, True), BlurDownsample(ndf)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2 ** n, 8)
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, padding=1), _instance_norm(ndf * mult),
+                       nn.LeakyReLU(0.2, True), BlurDownsample(ndf * mult)]
+        prev, mult = mult, min(2 ** n_layers, 8)
+        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, padding=1), _instance_norm(ndf * mult), nn.LeakyReLU(0.2, True),
+                   nn.Conv2d(ndf * mult, 1, 4, padding=1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchSampleMLP(nn.Module):
+    """Samples the same random locations from each feature map and projects them to unit vectors.
+
+    One two-layer MLP per encoder layer (CUT's ``PatchSampleF`` with ``mlp_sample``).
+    Passing the ``ids`` returned for one image set samples the same locations
+    from another, which is what makes patches comparable across the two encoders.
+    """
+
+    def __init__(self, channels: Sequence[int], dim: int = 256):
+        super().__init__()
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, dim), nn.ReLU(), nn.Linear(dim, dim)) for c in channels
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor], num_patches: int, ids: Sequence[torch.Tensor] | None = None):
+        out, used = [], []
+        for k, (feat, mlp) in enumerate(zip(feats, self.mlps)):
+            b, c, h, w = feat.shape
+            flat = feat.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            if ids is None:
+                idx = torch.randperm(h * w, device=feat.device)[: min(num_patches, h * w)]
+            else:
+                idx = ids[k]
+            sample = flat[:, idx, :].reshape(-1, c)
+            out.append(F.normalize(mlp(sample), dim=1, eps=1e-7))
+            used.append(idx)
+        return out, used
+
+
+def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, tau: float = 0.07, images: int = 1) -> torch.Tensor:
+    """InfoNCE over patches: each query must pick out its own key among the other keys.
+
+    ``feat_q`` and ``feat_k`` are ``N x D`` with N = ``images`` x patches, image
+    by image (as :class:`PatchSampleMLP` returns them). Keys are detached. The
+    reference trains with one image per batch, so its negatives are the other
+    patches *of the same image*; with ``images`` > 1 we keep exactly that
+    (negatives never cross images), which also keeps the cost linear in the
+    batch size. Returns the per-patch loss (``N``).
+    """
+    feat_k = feat_k.detach()
+    q = F.normalize(feat_q, dim=1, eps=1e-8).reshape(images, -1, feat_q.shape[1])
+    k = F.normalize(feat_k, dim=1, eps=1e-8).reshape(images, -1, feat_k.shape[1])
+    logits = torch.bmm(q, k.transpose(1, 2))  # B x P x P cosine similarities; diagonal = positives
+    p = logits.shape[1]
+    pos = logits.diagonal(dim1=1, dim2=2).unsqueeze(2)
+    neg = logits.masked_fill(torch.eye(p, dtype=torch.bool, device=logits.device)[None], -10.0)
+    out = (torch.cat([pos, neg], dim=2) / tau).reshape(images * p, p + 1)
+    return F.cross_entropy(out, torch.zeros(images * p, dtype=torch.long, device=out.device), reduction="none")
+
+
+def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss, averaged over real and fake as in the reference (x 0.5)."""
+    return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+
+def hinge_g_loss(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def init_xavier(module: nn.Module, gain: float = 0.02) -> None:
+    """The reference init: Xavier-normal weights with gain 0.02, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            nn.init.xavier_normal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------
+# spec
+
+
+class GeneratorPair(nn.ModuleDict):
+    """``{"G_A": rain -> clean, "G_B": clean -> rain}``; calling it dispatches by name.
+
+    Calling through the container (not ``bundle["G_A"]``) keeps every forward
+    pass inside whatever wrapper the engine puts around the bundle (DDP).
+    """
+
+    def forward(self, which: str, x: torch.Tensor, layers: Sequence[int] | None = None, encode_only: bool = False):
+        return self[which](x, layers, encode_only)
+
+
+def build(config: dict[str, Any]) -> GeneratorPair:
+    """The shipped bundle: both generators, no discriminators."""
+    bundle = GeneratorPair({
+        "G_A": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"]),
+        "G_B": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"]),
+    })
+    init_xavier(bundle, config["init_gain"])
+    return bundle
+
+
+class DCDGANRecipe(Recipe):
+    """One DCD-GAN step: update both discriminators, then generators and projection heads.
+
+    Domain A is rain, B is clean (as in the reference): ``real_A`` rainy,
+    ``fake_B = G_A(real_A)`` derained, ``fake_A = G_B(real_B)`` rainified.
+    """
+
+    lr = 1e-4
+    betas = (0.5, 0.999)
+
+    def __init__(self, spec, config, mode, lr=None, **options):
+        if mode != "unpaired":
+            raise ValueError(f"dcdgan trains on unpaired data only, not {mode!r}")
+        super().__init__(spec, config, mode, lr=lr, **options)
+        cfg = self.config
+        self.nce_layers = list(cfg["nce_layers"])
+        channels = self.bundle["G_A"].feature_channels(self.nce_layers)
+        self.nets["D_A"] = PatchDiscriminator(cfg["ndf"], cfg["n_layers_d"])  # judges clean outputs
+        self.nets["D_B"] = PatchDiscriminator(cfg["ndf"], cfg["n_layers_d"])  # judges rainy outputs
+        self.nets["F1"] = PatchSampleMLP(channels, cfg["nce_dim"])
+        self.nets["F2"] = PatchSampleMLP(channels, cfg["nce_dim"])
+        for name in ("D_A", "D_B", "F1", "F2"):
+            init_xavier(self.nets[name], cfg["init_gain"])
+
+    def param_groups(self) -> dict[str, list]:
+        n = self.nets
+        return {
+            "G": list(n["bundle"].parameters()),
+            "D": list(n["D_A"].parameters()) + list(n["D_B"].parameters()),
+        }
+
+    def setup(self, total_steps: int) -> None:
+        """G and D share Adam(lr, (0.5, 0.999)); the heads use Adam's defaults, as in the reference."""
+        super().setup(total_steps)
+        heads = list(self.nets["F1"].parameters()) + list(self.nets["F2"].parameters())
+        opt = torch.optim.Adam(heads, lr=self.config["lr_heads"])
+        self.optimizers["F"] = opt
+        self.schedulers["F"] = torch.optim.lr_scheduler.LambdaLR(opt, self.schedulers["G"].lr_lambdas[0])
+
+    def _nce(self, src: torch.Tensor, out: torch.Tensor, enc_src, enc_out, head_src, head_out) -> torch.Tensor:
+        """Dual PatchNCE: ``out``'s patches (other generator's encoder) must match ``src``'s (own encoder)."""
+        cfg = self.config
+        feat_k = enc_src(src, self.nce_layers, encode_only=True)
+        feat_q = enc_out(out, self.nce_layers, encode_only=True)
+        k_pool, ids = head_src(feat_k, cfg["num_patches"])
+        q_pool, _ = head_out(feat_q, cfg["num_patches"], ids)
+        total = sum(patch_nce_loss(q, k, cfg["nce_tau"], src.shape[0]).mean() for q, k in zip(q_pool, k_pool))
+        return total / len(self.nce_layers)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        n, cfg = self.nets, self.config
+        G = n["bundle"]
+        device = next(G.parameters()).device
+        real_A = torch.as_tensor(batch["rainy"], device=device) * 2 - 1
+        real_B = torch.as_tensor(batch["clean"], device=device) * 2 - 1
+
+        def G_A(*args, **kwargs):
+            return G("G_A", *args, **kwargs)
+
+        def G_B(*args, **kwargs):
+            return G("G_B", *args, **kwargs)
+
+        fake_B = G_A(real_A)
+        fake_A = G_B(real_B)
+        idt_A = G_A(real_B)
+        idt_B = G_B(real_A)
+
+        # discriminators
+        D_A, D_B = n["D_A"], n["D_B"]
+        self.set_requires_grad([D_A, D_B], True)
+        opt_D = self.optimizers["D"]
+        opt_D.zero_grad(set_to_none=True)
+        loss_D_A = hinge_d_loss(D_A(real_B), D_A(fake_B.detach())) * cfg["lambda_gan"]
+        loss_D_B = hinge_d_loss(D_B(real_A), D_B(fake_A.detach())) * cfg["lambda_gan"]
+        (loss_D_A + loss_D_B).backward()
+        opt_D.step()
+
+        # generators and projection heads
+        self.set_requires_grad([D_A, D_B], False)
+        opt_G, opt_F = self.optimizers["G"], self.optimizers["F"]
+        opt_G.zero_grad(set_to_none=True)
+        opt_F.zero_grad(set_to_none=True)
+        loss_G_A = hinge_g_loss(D_A(fake_B)) * cfg["lambda_gan"]
+        loss_G_B = hinge_g_loss(D_B(fake_A)) * cfg["lambda_gan"]
+        loss_NCE1 = self._nce(real_A, fake_B, G_A, G_B, n["F1"], n["F2"]) * cfg["lambda_nce"]
+        loss_NCE2 = self._nce(real_B, fake_A, G_B, G_A, n["F2"], n["F1"]) * cfg["lambda_nce"]
+        loss_idt_A = F.l1_loss(idt_A, real_B) * cfg["lambda_idt"]
+        loss_idt_B = F.l1_loss(idt_B, real_A) * cfg["lambda_idt"]
+        loss_G = 0.5 * (loss_G_A + loss_G_B) + 0.5 * (loss_NCE1 + loss_NCE2) + 0.5 * (loss_idt_A + loss_idt_B)
+        loss_G.backward()
+        opt_G.step()
+        opt_F.step()
+        self.set_requires_grad([D_A, D_B], True)
+        terms = {
+            "G": loss_G, "G_A": loss_G_A, "G_B": loss_G_B, "NCE1": loss_NCE1, "NCE2": loss_NCE2,
+            "idt_A": loss_idt_A, "idt_B": loss_idt_B, "D_A": loss_D_A, "D_B": loss_D_B,
+        }
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+
+_COMMON = {
+    "n_layers_d": 3,
+    "nce_dim": 256,
+    "num_patches": 256,
+    "nce_tau": 0.07,
+    "lambda_gan": 1.0,
+    "lambda_nce": 2.0,
+    "lambda_idt": 1.0,
+    "lr_heads": 1e-3,
+    "init_gain": 0.02,
+}
+
+PRESETS = {
+    # The authors' configuration: resnet_9blocks, ngf/ndf 64, NCE on layers 4, 8, 12, 16.
+    "paper": {"ngf": 64, "n_blocks": 9, "ndf": 64, "nce_layers": [4, 8, 12, 16], "global_residual": False, **_COMMON},
+    # Small enough to train on two CPU cores in about an hour and a half.
+    "cpu": {"ngf": 16, "n_blocks": 4, "ndf": 16, "nce_layers": [4, 8, 12, 14], "global_residual": True, **_COMMON},
+}
+
+
+def _derain_net(bundle: nn.ModuleDict, variant: str = "default") -> nn.Module:
+    return bundle["G_A"]
+
+
+def _rainify_net(bundle: nn.ModuleDict) -> nn.Module:
+    return bundle["G_B"]
+
+
+SPEC = ModelSpec(
+    name="dcdgan",
+    summary="Unpaired deraining GAN with dual contrastive (PatchNCE) guidance; also renders rain.",
+    paper="Chen et al., Unpaired Deep Image Deraining Using Dual Contrastive Learning, CVPR 2022",
+    presets=PRESETS,
+    default_preset="cpu",
+    build=build,
+    derain_net=_derain_net,
+    modes=("unpaired",),
+    recipe=DCDGANRecipe,
+    weights_entry="dcdgan",
+    rainify_net=_rainify_net,
+    input_range=(-1.0, 1.0),
+    size_multiple=4,
+    tile_safe=False,  # InstanceNorm statistics depend on the whole image
+    tile_margin=64,
+    min_tile=768,
+    bytes_per_pixel=2048.0,
+)

@@ -1,0 +1,120 @@
+"""DCD-GAN: PatchNCE, official size, a short unpaired run, shapes, rainify, shipped weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from derain_cli.models import dcdgan
+
+SPEC = dcdgan.SPEC
+SAMPLES = Path(dcdgan.__file__).resolve().parents[1] / "data" / "samples"
+SHIPPED = Path(dcdgan.__file__).resolve().parents[1] / "data" / "weights" / "dcdgan.safetensors"
+
+#: A generator small enough to train for a few steps inside a test.
+TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32)
+
+
+def test_patchnce_prefers_matching_patches():
+    torch.manual_seed(0)
+    keys = torch.randn(2 * 64, 32)
+    queries = keys + 0.1 * torch.randn_like(keys)
+    matched = dcdgan.patch_nce_loss(queries, keys, 0.07, images=2).mean()
+    shuffled = dcdgan.patch_nce_loss(queries[torch.randperm(len(queries))], keys, 0.07, images=2).mean()
+    assert matched < 0.1 * shuffled
+    assert matched < np.log(64)  # better than chance among 64 candidates
+
+
+def test_paper_generator_has_official_parameter_count():
+    bundle = SPEC.build(SPEC.config("paper"))
+    assert sum(p.numel() for p in bundle["G_A"].parameters()) == 11_378_179
+    assert set(bundle.keys()) == {"G_A", "G_B"}  # discriminators never ship
+
+
+def test_resampling_keeps_grid():
+    x = torch.randn(1, 5, 12, 20)
+    assert dcdgan.BlurDownsample(5)(x).shape == (1, 5, 6, 10)
+    assert dcdgan.BlurUpsample(5)(x).shape == (1, 5, 24, 40)
+    flat = torch.ones(1, 5, 12, 20)  # a constant stays constant through both blurs
+    assert torch.allclose(dcdgan.BlurUpsample(5)(dcdgan.BlurDownsample(5)(flat)), flat, atol=1e-6)
+
+
+def test_encoder_features_and_output_range():
+    net = SPEC.build(SPEC.config("cpu", **TINY))["G_A"]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = net(x, TINY["nce_layers"], encode_only=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (32, 16, 16), (32, 8, 8), (32, 8, 8)]
+    y, feats2 = net(x, TINY["nce_layers"])
+    assert torch.allclose(y, net(x)) and all(torch.equal(a, b) for a, b in zip(feats, feats2))
+
+
+def test_short_unpaired_run_lowers_generator_loss():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY)
+    recipe = SPEC.recipe(SPEC, cfg, "unpaired")  # official lr 1e-4
+    recipe.setup(60)
+    rng = np.random.default_rng(0)
+    clean = torch.from_numpy(rng.random((2, 3, 32, 32), dtype=np.float32))
+    rainy = (clean + 0.3 * (torch.rand_like(clean) > 0.95)).clamp(0, 1)
+    batch = {"clean": clean, "rainy": rainy}
+    losses = []
+    for step in range(30):
+        losses.append(recipe.train_step(batch, step)["G"])
+        recipe.end_step()
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert set(recipe.optimizers) == {"G", "D", "F"}
+
+
+def test_recipe_rejects_paired_mode():
+    with pytest.raises(ValueError, match="unpaired"):
+        SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired")
+
+
+def _tiny_weights(path: Path) -> Path:
+    from derain_cli.weightfile import save_weights
+
+    cfg = SPEC.config("cpu", **TINY)
+    torch.manual_seed(1)
+    save_weights(path, SPEC.build(cfg).state_dict(), architecture="dcdgan", config=cfg)
+    return path
+
+
+def test_odd_size_round_trip(tmp_path):
+    from derain_cli.api import load_model
+
+    weights = _tiny_weights(tmp_path / "tiny.safetensors")
+    for task in ("derain", "rainify"):
+        model = load_model("dcdgan", weights=weights, device="cpu", task=task)
+        rgb = (np.random.default_rng(0).random((37, 53, 3)) * 255).astype(np.uint8)
+        out = model.process(rgb)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+
+
+def test_rainify_command_writes_same_names(tmp_path, tiny_pairs):
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    weights = _tiny_weights(tmp_path / "tiny.safetensors")
+    src = tiny_pairs / "clean"
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    result = CliRunner().invoke(app, ["rainify", str(src), "--model", "dcdgan", "--weights", str(weights),
+                                      "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(before)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # inputs untouched
+
+
+def test_rainify_refuses_model_without_rain_generator(tmp_path, tiny_pairs):
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+    from derain_cli.errors import DerainError
+
+    result = CliRunner().invoke(app, ["rainify", str(tiny_pairs / "clean"), "--model", "dualstage",
+                                      "-o", str(tmp_path / "out")])
+    assert isinstance(result.exception, DerainError)
+    assert "rain generator" in str(result.exception)
+    assert not (tmp_path / "out").exists()
