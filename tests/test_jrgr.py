@@ -1,0 +1,173 @@
+"""jrgr: disentangled removal (B + R = O), both cycles, two-step training, shipped weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from derain_cli.models import jrgr
+from derain_cli.registry import get_spec
+
+from conftest import REPO, make_rainy_pair
+
+SPEC = get_spec("jrgr")
+WEIGHTS = REPO / "derain_cli" / "data" / "weights" / "jrgr.safetensors"
+SAMPLES = REPO / "derain_cli" / "data" / "samples"
+
+#: Smaller than the cpu preset so a few dozen steps take seconds.
+TINY = dict(unet_ngf=8, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2, pool_size=4)
+
+
+def _tiny_batch(n=4, size=32, seed=0):
+    pairs = [make_rainy_pair(size, size, seed + i) for i in range(n)]
+    rainy = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255
+    clean = torch.from_numpy(np.stack([p[1] for p in pairs])).permute(0, 3, 1, 2).float() / 255
+    # "real" rain: a different streak pattern over other scenes
+    real = torch.from_numpy(np.stack([make_rainy_pair(size, size, 100 + seed + i)[0] for i in range(n)]))
+    return {"rainy": rainy, "clean": clean, "real": real.permute(0, 3, 1, 2).float() / 255}
+
+
+def test_spec_and_bundle_hold_generators_only():
+    assert SPEC.variants[0] == "real" and "synthetic" in SPEC.variants
+    assert "semi" in SPEC.modes
+    bundle = SPEC.build(SPEC.config("cpu"))
+    assert set(bundle.keys()) == {"g1", "g2", "g3", "g4"}
+    assert not any(isinstance(m, jrgr.PatchDiscriminator) for m in bundle.modules())
+    # shipped file must stay small
+    n = sum(p.numel() for p in bundle.parameters())
+    assert n * 2 < 10e6
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_decomposition_identity_and_odd_sizes(preset):
+    torch.manual_seed(0)
+    cfg = SPEC.config(preset, unet_ngf=4, trans_ngf=4)
+    bundle = SPEC.build(cfg).eval()
+    rainy = torch.rand(1, 3, 37, 53) * 2 - 1  # odd, not a multiple of anything
+    with torch.no_grad():
+        for g in ("g1", "g3"):
+            background, rain = jrgr.decompose(bundle[g], rainy)
+            assert background.shape == rainy.shape == rain.shape
+            # the rain layer is exactly the remainder: composing gives back the input
+            # (to float32 rounding of one subtraction and one addition)
+            assert torch.allclose(background + rain, rainy, rtol=0, atol=1e-6)
+            assert torch.equal(rain, rainy - background)
+        for variant in SPEC.variants:
+            out = SPEC.derain_net(bundle, variant)(rainy)
+            assert out.shape == rainy.shape and out.abs().max() <= 1
+        clean = torch.rand(2, 3, 29, 31) * 2 - 1
+        rainy_made = SPEC.rainify_net(bundle)(clean)
+        assert rainy_made.shape == clean.shape
+
+
+def test_variants_pick_g3_for_real_and_g1_for_synthetic():
+    bundle = SPEC.build(SPEC.config("cpu", **TINY))
+    assert SPEC.derain_net(bundle, "real").remover is bundle["g3"]
+    assert SPEC.derain_net(bundle, "synthetic").remover is bundle["g1"]
+    with pytest.raises(ValueError):
+        SPEC.derain_net(bundle, "nope")
+
+
+def test_rainify_is_seeded_and_adds_rain_layer():
+    bundle = SPEC.build(SPEC.config("cpu", **TINY)).eval()
+    clean = torch.zeros(1, 3, 40, 40)
+    with torch.no_grad():
+        a, b = SPEC.rainify_net(bundle)(clean), SPEC.rainify_net(bundle)(clean)
+    assert torch.equal(a, b)
+    layer = jrgr.synthetic_rain_layer((1, 3, 64, 64), seed=0, density=0.004, length=21, angle=0, strength=0.5)
+    assert layer.min() >= 0 and 0.4 < layer.max() <= 0.5 + 1e-6
+    other = jrgr.synthetic_rain_layer((1, 3, 64, 64), seed=1, density=0.004, length=21, angle=0, strength=0.5)
+    assert not torch.equal(layer, other)
+
+
+def test_both_cycles_run_and_their_loss_falls():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, stage2_batch=0)
+    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
+    recipe.setup(30)
+    batch = _tiny_batch(2, 24)
+    o = recipe.cycles(batch["rainy"] * 2 - 1, batch["real"] * 2 - 1)
+    for k in ("Bs", "Rs", "Ot", "Bs2", "Os2", "Bt", "Rt", "Os", "Bt2", "Ot2"):
+        assert o[k].shape == batch["rainy"].shape
+    assert torch.allclose(o["Bs"] + o["Rs"], batch["rainy"] * 2 - 1, atol=1e-6)
+    first = [recipe.train_step(batch, s) for s in range(3)]
+    for s in range(3, 25):
+        recipe.train_step(batch, s)
+        recipe.end_step()
+    last = [recipe.train_step(batch, s) for s in range(25, 28)]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    assert set(first[0]) >= {"mse", "gan", "cycle", "d_real", "d_syn", "d_b"}
+    assert mean(last, "cycle") < 0.8 * mean(first, "cycle")
+    assert mean(last, "g_total") < mean(first, "g_total")
+
+
+def test_two_step_schedule_switches_and_g3_starts_from_g1():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, stage1_fraction=0.5)
+    recipe = SPEC.recipe(SPEC, cfg, "semi", stage=None)
+    recipe.setup(10)
+    assert [recipe.stage_at(s) for s in (0, 4, 5, 9)] == [1, 1, 2, 2]
+    batch = _tiny_batch(2)
+    g1, g3 = recipe.bundle["g1"], recipe.bundle["g3"]
+    before = [p.clone() for p in g1.parameters()]
+    terms = recipe.train_step(batch, 0)
+    assert set(terms) == {"mse"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, g1.parameters()))
+    # stage 1 trains G1 alone and G3 mirrors it, so stage 2 starts G3 from G1
+    for a, b in zip(g1.state_dict().values(), g3.state_dict().values()):
+        assert torch.equal(a, b)
+    recipe.end_step()
+    assert "cycle" in recipe.train_step(batch, 5)
+    # paired data trains stage 1 only; stage 2 without real rain is refused
+    assert SPEC.recipe(SPEC, cfg, "paired").stage == 1
+    with pytest.raises(ValueError):
+        SPEC.recipe(SPEC, cfg, "paired", stage=2)
+
+
+def test_stage1_mse_falls():
+    torch.manual_seed(0)
+    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired", lr=2e-3)
+    recipe.setup(40)
+    batch = _tiny_batch()
+    losses = []
+    for s in range(40):
+        losses.append(recipe.train_step(batch, s)["mse"])
+        recipe.end_step()
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="jrgr weights not committed yet")
+def test_shipped_weights_load_and_raise_psnr():
+    import cv2
+
+    from derain_cli.weightfile import load_weights
+
+    state, meta = load_weights(WEIGHTS, architecture="jrgr")
+    bundle = SPEC.build(meta["config"])
+    bundle.load_state_dict({k: v.float() for k, v in state.items()})
+    bundle.eval()
+    pairs = sorted(p for p in SAMPLES.glob("*rainy*.png"))
+    if not pairs:
+        pytest.skip("no bundled rainy crops in derain_cli/data/samples")
+    gains = {v: [] for v in SPEC.variants}
+    for rainy_path in pairs:
+        clean_path = rainy_path.with_name(rainy_path.name.replace("rainy", "clean"))
+        if not clean_path.is_file():
+            continue
+        rainy = cv2.imread(str(rainy_path))[:, :, ::-1] / 255.0
+        clean = cv2.imread(str(clean_path))[:, :, ::-1] / 255.0
+        x = torch.from_numpy(rainy.copy()).permute(2, 0, 1)[None].float() * 2 - 1
+        for v in SPEC.variants:
+            with torch.no_grad():
+                out = (SPEC.derain_net(bundle, v)(x)[0].permute(1, 2, 0).numpy() + 1) / 2
+            gains[v].append(_psnr(out.clip(0, 1), clean) - _psnr(rainy, clean))
+    if not gains["real"]:
+        pytest.skip("no rainy/clean sample pairs")
+    for v, g in gains.items():
+        assert np.mean(g) > 1.0, f"{v}: mean PSNR gain {np.mean(g):.2f} dB"
