@@ -1,22 +1,321 @@
-"""Reading and writing images (the foundation issue extends this module)."""
+"""Reading and writing photos without losing what makes them the user's photo.
+
+Pixels go through OpenCV (``cv2.imdecode(np.fromfile(...))`` so non-ASCII paths
+work, 8- and 16-bit, alpha); metadata (EXIF, ICC profile) goes through Pillow,
+which only parses headers here. The image is handed to the model upright (EXIF
+orientation applied) and written back upright with orientation reset to 1, in
+the input's format and bit depth, atomically, never over an input.
+"""
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from .errors import ImageError
+from .weightfile import atomic_write_bytes
+
+#: Suffixes ``derain run``/``batch`` accept, lower case.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+
+_EXIF_ORIENTATION = 0x0112
+#: Baseline TIFF tags that describe pixel storage, not the photo: never copied into EXIF.
+_TIFF_STRUCTURE_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 280, 281, 284, 292, 293,
+     317, 320, 322, 323, 324, 325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 34675}
+)
+#: Suffixes whose writer here carries EXIF and ICC (TIFF only at 8 bits, see :func:`encode_image`).
+_METADATA_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Photo:
+    """An upright image plus everything needed to write it back faithfully.
+
+    ``rgb`` is ``H x W x 3`` uint8 or uint16 in RGB order (grayscale inputs are
+    expanded, ``gray`` remembers to collapse them on write); ``alpha`` is the
+    untouched alpha plane (same dtype) or None.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    gray: bool = False
+    suffix: str = ".png"
+    exif: bytes | None = None
+    icc: bytes | None = None
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.rgb.dtype == np.uint16 else 8
+
+    def with_pixels(self, rgb: np.ndarray) -> "Photo":
+        """The same photo (alpha, metadata, format) with new colour pixels."""
+        return replace(self, rgb=rgb)
+
+
+def _cv2():
+    import cv2
+
+    # decoders report corrupt files through return values; keep their chatter off the terminal
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
+
+
+def _read_bytes(path: str | os.PathLike) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{path}: no such file")
+    if p.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        return np.fromfile(str(p), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _decode(data: np.ndarray, path: str | os.PathLike, flags: int) -> np.ndarray:
+    cv2 = _cv2()
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None:
+        raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    head = data[:2].tobytes()
+    if head == b"\xff\xd8" and b"\xff\xd9" not in data.tobytes():
+        # older OpenCV builds return a grey-filled image for a cut-off JPEG
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+    return img
 
 
 def read_rgb8(path: str | os.PathLike) -> np.ndarray:
     """Read any supported image as ``H x W x 3`` uint8 RGB (training and scoring use this)."""
-    import cv2
+    cv2 = _cv2()
+    img = _decode(_read_bytes(path), path, cv2.IMREAD_COLOR)
+    return img[:, :, ::-1].copy()
+
+
+def _metadata(data: np.ndarray) -> tuple[int, bytes | None, bytes | None, str | None]:
+    """``(orientation, exif_bytes, icc_bytes, pillow_mode)`` from the file header (Pillow, lazy)."""
+    from PIL import Image
 
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            icc = im.info.get("icc_profile") or None
+            exif = im.getexif()
+            orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+            for tag in [t for t in exif if t in _TIFF_STRUCTURE_TAGS]:
+                del exif[tag]
+            exif_bytes = exif.tobytes() if len(exif) or exif.get_ifd(0x8769) else None
+            return orientation, exif_bytes, icc, im.mode
+    except Exception:  # Pillow cannot parse every file OpenCV decodes; metadata is best effort
+        return 1, None, None, None
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a stored image upright according to its EXIF orientation (1-8)."""
+    if orientation == 2:
+        return img[:, ::-1]
+    if orientation == 3:
+        return img[::-1, ::-1]
+    if orientation == 4:
+        return img[::-1]
+    if orientation == 5:
+        return img.swapaxes(0, 1)
+    if orientation == 6:
+        return img.swapaxes(0, 1)[:, ::-1]
+    if orientation == 7:
+        return img.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return img.swapaxes(0, 1)[::-1]
+    return img
+
+
+def read_image(path: str | os.PathLike) -> Photo:
+    """Read a photo upright, as RGB (+ alpha) with its EXIF and ICC profile."""
+    cv2 = _cv2()
+    data = _read_bytes(path)
+    img = _decode(data, path, cv2.IMREAD_UNCHANGED)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: {img.dtype} samples are not supported (use 8- or 16-bit images)")
+    orientation, exif, icc, mode = _metadata(data)
+
+    alpha = None
+    if img.ndim == 2:
+        rgb, gray = np.repeat(img[:, :, None], 3, axis=2), True
+    elif img.shape[2] == 1:
+        rgb, gray = np.repeat(img, 3, axis=2), True
+    elif img.shape[2] == 2:  # gray + alpha (some TIFF decoders)
+        rgb, alpha, gray = np.repeat(img[:, :, :1], 3, axis=2), img[:, :, 1], True
+    elif img.shape[2] == 3:
+        rgb, gray = img[:, :, ::-1], mode in ("L", "I;16", "I;16B", "I;16L", "I", "1")
+    else:
+        rgb, alpha = img[:, :, 2::-1], img[:, :, 3]
+        gray = mode in ("LA", "La")
+    rgb = np.ascontiguousarray(apply_orientation(rgb, orientation))
+    if alpha is not None:
+        alpha = np.ascontiguousarray(apply_orientation(alpha, orientation))
+    return Photo(rgb=rgb, alpha=alpha, gray=gray, suffix=Path(path).suffix.lower(), exif=exif, icc=icc)
+
+
+# -- writing ----------------------------------------------------------------------
+def _exif_upright(exif: bytes | None) -> bytes | None:
+    """The EXIF block with orientation reset to 1 (the pixels are already upright)."""
+    if not exif:
+        return None
+    from PIL import Image
+
+    e = Image.Exif()
+    try:
+        e.load(exif)
+    except Exception:
+        return None
+    if _EXIF_ORIENTATION in e:
+        e[_EXIF_ORIENTATION] = 1
+    out = e.tobytes()
+    return out if out.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + out
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> bytes:
+    """Insert ``iCCP`` and ``eXIf`` chunks right after ``IHDR`` (both must precede ``IDAT``)."""
+    extra = b""
+    if icc:
+        extra += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        extra += _png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature + IHDR (length, type, 13 bytes, crc)
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """16-bit -> 8-bit with rounding (for formats that have no 16-bit variant)."""
+    if img.dtype == np.uint8:
+        return img
+    return ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _planes(photo: Photo, keep_alpha: bool) -> np.ndarray:
+    """Pixels in OpenCV's layout (gray, BGR or BGRA) for writing."""
+    cv2 = _cv2()
+    if photo.gray:
+        img = cv2.cvtColor(np.ascontiguousarray(photo.rgb), cv2.COLOR_RGB2GRAY)
+        if keep_alpha and photo.alpha is not None:
+            # gray + alpha has no OpenCV writer layout: store it as BGRA with equal colour planes
+            return np.dstack([img, img, img, photo.alpha])
+        return img
+    bgr = photo.rgb[:, :, ::-1]
+    if keep_alpha and photo.alpha is not None:
+        return np.ascontiguousarray(np.dstack([bgr, photo.alpha]))
+    return np.ascontiguousarray(bgr)
+
+
+def _pil_image(planes: np.ndarray):
+    from PIL import Image
+
+    if planes.ndim == 2:
+        return Image.fromarray(planes, "L")
+    if planes.shape[2] == 4:
+        return Image.fromarray(np.ascontiguousarray(planes[:, :, [2, 1, 0, 3]]), "RGBA")
+    return Image.fromarray(np.ascontiguousarray(planes[:, :, ::-1]), "RGB")
+
+
+def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
+    """Encode ``photo`` for a file ending in ``suffix``, carrying EXIF/ICC where the format allows.
+
+    JPEG, WebP and BMP are 8-bit (16-bit pixels are reduced); JPEG and BMP have
+    no alpha. PNG and TIFF keep 16 bits. EXIF and ICC are written for JPEG, PNG,
+    WebP and 8-bit TIFF; 16-bit TIFF and BMP carry pixels only.
+    """
+    cv2 = _cv2()
+    suffix = suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageError(f"cannot write {suffix or 'files without a suffix'}: use one of {', '.join(IMAGE_SUFFIXES)}")
+    if not 1 <= quality <= 100:
+        raise ImageError(f"quality must be between 1 and 100, not {quality}")
+    exif = _exif_upright(photo.exif)
+    icc = photo.icc
+    keep_alpha = suffix not in (".jpg", ".jpeg")
+    sixteen = photo.bit_depth == 16 and suffix in (".png", ".tif", ".tiff")
+    if not sixteen and photo.bit_depth == 16:
+        photo = replace(photo, rgb=to_uint8(photo.rgb), alpha=None if photo.alpha is None else to_uint8(photo.alpha))
+    planes = _planes(photo, keep_alpha)
+
+    if suffix == ".png":
+        ok, buf = cv2.imencode(".png", planes)
+        data = buf.tobytes() if ok else b""
+        return _png_with_metadata(data, exif, icc) if data else b""
+    if suffix in (".bmp",) or (sixteen and suffix in (".tif", ".tiff")):
+        ok, buf = cv2.imencode(suffix, planes)
+        if not ok:
+            raise ImageError(f"OpenCV could not encode a {suffix} image")
+        return buf.tobytes()
+
+    im = _pil_image(planes)
+    kw: dict = {}
+    if exif:
+        kw["exif"] = exif
+    if icc:
+        kw["icc_profile"] = icc
+    out = io.BytesIO()
+    if suffix in (".jpg", ".jpeg"):
+        im.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kw)
+    elif suffix == ".webp":
+        im.save(out, "WEBP", quality=quality, **kw)
+    else:  # 8-bit TIFF
+        im.save(out, "TIFF", compression="tiff_lzw", **kw)
+    return out.getvalue()
+
+
+def default_output(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, tag: str = "_derained") -> Path:
+    """``<stem>_derained<suffix>`` (or another ``tag``) next to the input, or inside ``out_dir``."""
+    p = Path(path)
+    folder = Path(out_dir) if out_dir is not None else p.parent
+    return folder / f"{p.stem}{tag}{p.suffix}"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def write_image(
+    path: str | os.PathLike,
+    photo: Photo,
+    *,
+    quality: int = 95,
+    inputs: tuple[str | os.PathLike, ...] = (),
+) -> Path:
+    """Encode and write atomically (temp file in the target folder, then rename).
+
+    Refuses to replace any of ``inputs``: a derained photo never overwrites its source.
+    """
+    path = Path(path)
+    for src in inputs:
+        src = Path(src)
+        if path.resolve() == src.resolve() or _same_file(path, src):
+            raise ImageError(f"{path}: refusing to overwrite an input image; choose another output")
+    data = encode_image(photo, path.suffix, quality=quality)
+    if not data:
+        raise ImageError(f"{path}: could not encode the image")
+    try:
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ImageError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return img[:, :, ::-1].copy()
+        raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def side_by_side(before: Photo, after: Photo) -> Photo:
+    """Before | after on one canvas (for ``--compare``), keeping format and metadata."""
+    rgb = np.concatenate([before.rgb, after.rgb], axis=1)
+    alpha = None
+    if before.alpha is not None:
+        alpha = np.concatenate([before.alpha, after.alpha if after.alpha is not None else before.alpha], axis=1)
+    return replace(after, rgb=rgb, alpha=alpha)

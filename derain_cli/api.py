@@ -1,0 +1,286 @@
+"""The Python API the CLI is built on: load a model once, derain arrays or files.
+
+>>> from derain_cli import load_model
+>>> model = load_model("dualstage", device="cpu")
+>>> clean = model.process(rainy_rgb_uint8)          # H x W x 3, same dtype back
+>>> model.derain_file("photo.jpg")                  # writes photo_derained.jpg
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import devices, imageio, tiling
+from .devices import Notify, say
+from .errors import DerainError, WeightsError
+from .registry import ModelSpec, UnknownModelError, get_spec
+
+TASKS = ("derain", "rainify")
+
+
+def _open_weights(spec: ModelSpec, weights: str | os.PathLike | None):
+    """``(state_dict, meta)``: an explicit file, else :mod:`derain_cli.weights` (bundled -> cache -> hub).
+
+    An explicit file is checked against ``spec.name`` (its metadata must name
+    that architecture); it need not be listed in ``weights.toml``.
+    """
+    if weights is not None:
+        from .weightfile import load_weights
+
+        state, meta = load_weights(weights, architecture=spec.name)
+        return state, {**meta, "weights_path": str(weights), "weights_source": "file"}
+    try:
+        from .weights import open_weights
+    except ModuleNotFoundError as exc:
+        if exc.name != "derain_cli.weights":
+            raise
+        raise WeightsError(f"no weights for {spec.name!r}: pass --weights FILE.safetensors") from None
+    return open_weights(spec.weights_entry or spec.name)
+
+
+def _build(spec: ModelSpec, state: dict[str, Any], meta: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        config = spec.config()
+    try:
+        bundle = spec.build(config)
+    except Exception as exc:
+        raise WeightsError(f"cannot build {spec.name} from the config in the weights file ({exc})") from None
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # fp16 on disk
+    try:
+        bundle.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "tensor names or shapes differ"
+        raise WeightsError(f"the weights do not fit {spec.name} with this config: {first}") from None
+    return bundle, config
+
+
+class Derainer:
+    """A loaded model on a device, ready to derain (or rainify) images of any size.
+
+    Attributes: ``spec`` (the :class:`ModelSpec`), ``config`` (the architecture
+    config the weights were trained with), ``device``, ``net`` (the image-to-image
+    ``nn.Module`` in eval mode), ``task``, ``variant``, ``dtype`` (autocast dtype
+    or None for float32), ``meta`` (weights file metadata).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: dict[str, Any],
+        net: torch.nn.Module,
+        device: torch.device,
+        *,
+        task: str = "derain",
+        variant: str = "default",
+        dtype: torch.dtype | None = None,
+        meta: dict[str, Any] | None = None,
+        notify: Notify = say,
+    ):
+        self.spec, self.config, self.net, self.device = spec, config, net, device
+        self.task, self.variant, self.dtype = task, variant, dtype
+        self.meta = meta or {}
+        self.notify = notify
+        #: Tile side used by the last :meth:`process` call (0 = whole image).
+        self.last_tile = 0
+
+    def __repr__(self) -> str:
+        return f"Derainer({self.spec.name!r}, task={self.task!r}, variant={self.variant!r}, device={str(self.device)!r})"
+
+    @property
+    def output_tag(self) -> str:
+        """What default output names get after the stem: ``_derained`` or ``_rainy``."""
+        return "_rainy" if self.task == "rainify" else "_derained"
+
+    @property
+    def dtype_name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).replace("torch.", "") + " autocast"
+
+    # -- tensors ------------------------------------------------------------------
+    def process_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x H x W`` float in [0, 1] -> same, float32 on the model's device.
+
+        Any H, W: the input is reflect-padded to the model's size multiple and the
+        result cropped back. No tiling here (see :meth:`process`).
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise DerainError(f"expected a B x 3 x H x W tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        lo, hi = self.spec.input_range
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            x = x.to(self.device, torch.float32)
+            x = tiling.pad_to_multiple(x, self.spec.size_multiple)
+            if (lo, hi) != (0.0, 1.0):
+                x = x * (hi - lo) + lo
+            y = self.net(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            y = y[..., :h, :w].float()
+            if (lo, hi) != (0.0, 1.0):
+                y = (y - lo) / (hi - lo)
+            return y.clamp_(0.0, 1.0)
+
+    # -- arrays -------------------------------------------------------------------
+    def plan_tile(self, height: int, width: int, tile: int = 0, tile_overlap: int | None = None) -> tuple[int, int]:
+        """``(tile, overlap)`` actually used for an image: resolves ``tile=0`` and tile-unsafe models."""
+        if tile < 0:
+            raise DerainError(f"--tile must be 0 (automatic) or a positive size, not {tile}")
+        overlap = self.spec.tile_margin if tile_overlap is None else tile_overlap
+        if overlap < 0:
+            raise DerainError(f"--tile-overlap must be >= 0, not {overlap}")
+        if tile == 0:
+            tile = tiling.auto_tile(
+                height,
+                width,
+                device=self.device,
+                bytes_per_pixel=self.spec.bytes_per_pixel * (0.6 if self.dtype is not None else 1.0),
+                overlap=overlap,
+                multiple=self.spec.size_multiple,
+                min_tile=self.spec.min_tile,
+            )
+        elif not self.spec.tile_safe:
+            tile = max(tile, self.spec.min_tile)  # global statistics need big tiles
+        if tile and not self.spec.tile_safe:
+            overlap = max(overlap, tile // 4)
+        if tile >= max(height, width):
+            tile = 0
+        return tile, overlap
+
+    def process(self, rgb: np.ndarray, tile: int = 0, tile_overlap: int | None = None) -> np.ndarray:
+        """Derain ``H x W x 3`` RGB (uint8, uint16 or float32 in [0, 1]); returns the same dtype.
+
+        ``tile=0`` picks a tile size from free memory (whole image when it fits);
+        on out-of-memory the tile is halved and the image retried.
+        """
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+            shape = getattr(rgb, "shape", None)
+            raise DerainError(f"expected an H x W x 3 RGB array, got {type(rgb).__name__} of shape {shape}")
+        if rgb.dtype not in (np.uint8, np.uint16, np.float32):
+            raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {rgb.dtype}")
+        tile, overlap = self.plan_tile(rgb.shape[0], rgb.shape[1], tile, tile_overlap)
+        out, self.last_tile = tiling.run_with_retry(
+            self.process_tensor,
+            rgb,
+            tile=tile,
+            overlap=overlap,
+            multiple=self.spec.size_multiple,
+            device=self.device,
+            min_tile=self.spec.min_tile if not self.spec.tile_safe else 0,
+            notify=self.notify,
+        )
+        return tiling.from_unit(out, rgb.dtype)
+
+    # -- files --------------------------------------------------------------------
+    def derain_file(
+        self,
+        path: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        *,
+        quality: int = 95,
+        tile: int = 0,
+        tile_overlap: int | None = None,
+        compare: bool = False,
+    ) -> Path:
+        """Read, derain and write one photo (same format, depth, alpha, EXIF, ICC); returns the output path.
+
+        ``out``: a file path, a folder, or None for ``<stem>_derained<suffix>`` next
+        to the input (``_rainy`` for ``task="rainify"``). With ``compare``, also
+        writes ``<output stem>_compare<suffix>``.
+        """
+        path = Path(path)
+        target = resolve_output(path, out, tag=self.output_tag)
+        photo = imageio.read_image(path)
+        result = photo.with_pixels(self.process(photo.rgb, tile=tile, tile_overlap=tile_overlap))
+        imageio.write_image(target, result, quality=quality, inputs=(path,))
+        if compare:
+            imageio.write_image(
+                compare_path(target), imageio.side_by_side(photo, result), quality=quality, inputs=(path,)
+            )
+        return target
+
+
+def compare_path(output: str | os.PathLike) -> Path:
+    """Where ``--compare`` puts the before/after image for ``output``."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}_compare{p.suffix}")
+
+
+def resolve_output(path: str | os.PathLike, out: str | os.PathLike | None, tag: str = "_derained") -> Path:
+    """Output file for ``path``: ``out`` itself if it names an image file, else the default name in ``out``."""
+    if out is None:
+        return imageio.default_output(path, tag=tag)
+    out = Path(out)
+    if out.is_dir() or out.suffix.lower() not in imageio.IMAGE_SUFFIXES:
+        return imageio.default_output(path, out, tag=tag)
+    return out
+
+
+def load_model(
+    name: str | ModelSpec | None = None,
+    *,
+    weights: str | os.PathLike | None = None,
+    variant: str | None = None,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    half: bool = False,
+    task: str = "derain",
+    notify: Notify = say,
+) -> Derainer:
+    """Load a model by registry name (default :data:`registry.DEFAULT_MODEL`) or from a :class:`ModelSpec`.
+
+    Weights come from ``weights`` (a .safetensors file) or the registry's
+    resolution (bundled -> Hugging Face cache -> hub), sha256-checked.
+    ``task="rainify"`` returns the clean-to-rainy network of models that have one.
+    """
+    from . import registry
+
+    if task not in TASKS:
+        raise DerainError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if isinstance(name, ModelSpec):
+        spec = name
+    else:
+        try:
+            spec = get_spec(name or registry.DEFAULT_MODEL)
+        except UnknownModelError as exc:
+            raise DerainError(str(exc)) from None
+    variant = variant or spec.variants[0]
+    if variant not in spec.variants:
+        raise DerainError(f"model {spec.name!r} has no variant {variant!r}; choose one of {', '.join(spec.variants)}")
+    if task == "rainify" and spec.rainify_net is None:
+        raise DerainError(f"model {spec.name!r} cannot render rain; use a model with a rain generator (e.g. dcdgan)")
+
+    devices.set_threads(threads)
+    dev = device if isinstance(device, torch.device) else devices.resolve_device(str(device), notify=notify)
+    dtype = devices.half_dtype(dev, half)
+    state, meta = _open_weights(spec, weights)
+    bundle, config = _build(spec, state, meta)
+    del state
+    net = spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant)
+    net = net.to(dev).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Derainer(spec, config, net, dev, task=task, variant=variant, dtype=dtype, meta=meta, notify=notify)
+
+
+def derain_file(
+    path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    model: str | ModelSpec | Derainer | None = None,
+    quality: int = 95,
+    tile: int = 0,
+    tile_overlap: int | None = None,
+    compare: bool = False,
+    **load_kw: Any,
+) -> Path:
+    """One-call convenience: load ``model`` (or reuse a :class:`Derainer`) and derain one file."""
+    derainer = model if isinstance(model, Derainer) else load_model(model, **load_kw)
+    return derainer.derain_file(path, out, quality=quality, tile=tile, tile_overlap=tile_overlap, compare=compare)

@@ -1,0 +1,121 @@
+"""Choosing where inference runs (``--device``, ``--half``, ``--threads``) and how much memory it has.
+
+``auto`` prefers CUDA and says so, in one line, when it has to fall back to the
+CPU: a user who expected the GPU must not find out from the run time.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable
+
+import torch
+
+from .errors import DerainError
+
+Notify = Callable[[str], None]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def say(message: str) -> None:
+    """Default notifier: one line on stderr, never mixed into stdout results."""
+    print(f"derain: {message}", file=sys.stderr, flush=True)
+
+
+def _cuda_ready(device: torch.device) -> str | None:
+    """None if CUDA works on ``device``, else why not (one short phrase)."""
+    try:
+        if not torch.cuda.is_available():
+            return "no CUDA GPU found"
+        torch.zeros(1, device=device)
+        return None
+    except Exception as exc:  # driver mismatch, busy device, broken install
+        return f"CUDA failed to initialise ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
+def resolve_device(name: str = "auto", notify: Notify = say) -> torch.device:
+    """``auto|cpu|cuda|cuda:N|mps`` -> a working ``torch.device``, or a one-line DerainError."""
+    name = (name or "auto").strip().lower()
+    if not _DEVICE_RE.match(name):
+        raise DerainError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "auto":
+        problem = _cuda_ready(torch.device("cuda"))
+        if problem is None:
+            return torch.device("cuda")
+        notify(f"{problem}; running on the CPU")
+        return torch.device("cpu")
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DerainError("--device mps requested but Apple MPS is not available on this machine")
+        return torch.device("mps")
+    device = torch.device(name)
+    problem = _cuda_ready(device)
+    if problem is None and device.index is not None and device.index >= torch.cuda.device_count():
+        problem = f"there is no GPU {device.index} (found {torch.cuda.device_count()})"
+    if problem is not None:
+        raise DerainError(f"--device {name}: {problem}; use --device cpu")
+    return device
+
+
+def half_dtype(device: torch.device, half: bool) -> torch.dtype | None:
+    """The autocast dtype for ``--half`` (None = full fp32). bf16 where supported: it cannot overflow."""
+    if not half:
+        return None
+    if device.type == "cpu":
+        raise DerainError("--half needs a GPU (cuda or mps); on the CPU inference runs in float32, drop --half")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit intra-op CPU threads (``--threads``); None keeps torch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise DerainError(f"--threads must be at least 1, not {threads}")
+    torch.set_num_threads(threads)
+
+
+def available_ram() -> int:
+    """Bytes of RAM the OS can give us now (``MemAvailable``; sysconf as a fallback)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30  # unknown platform: assume a modest 2 GiB
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a new allocation on ``device`` can use."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return available_ram()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU allocation failures (all surface as RuntimeError subclasses)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

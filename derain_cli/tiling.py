@@ -1,0 +1,228 @@
+"""Tiled inference for images of any size, with no seams.
+
+Like Real-ESRGAN's tiler, the image is cut into cores of ``tile`` pixels and
+each tile is run with ``overlap`` pixels of extra context on every inner side.
+Unlike it, neighbouring tiles do not meet at a hard cut: each contributes over
+its core widened by ``overlap // 2`` and the two are cross-faded with a
+raised-cosine window. Every pixel a tile contributes still has at least
+``overlap`` pixels of real context, so for a convolutional model whose
+receptive-field margin is ``<= overlap`` the tiled result equals the untiled one
+(up to float rounding); for deeper models the fade hides what differs.
+
+Tile origins are multiples of the model's ``size_multiple`` (so strided models
+see the same pixel phase as on the whole image) and only the bottom/right
+border is reflect-padded, exactly as for the whole image. The result is
+accumulated in one preallocated float32 array: memory is the image plus one tile.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .devices import Notify, free_memory, is_out_of_memory, release_memory, say
+from .errors import DerainError
+
+#: ``fn`` maps a ``1 x 3 x h x w`` float32 tensor in [0, 1] (h, w multiples of
+#: ``size_multiple``) to a tensor of the same shape.
+TileFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: Smallest tile automatic sizing or OOM halving will go down to.
+MIN_TILE = 64
+#: Share of free memory automatic sizing may plan to use (activations are estimates).
+MEMORY_SHARE = {"cuda": 0.7, "mps": 0.5, "cpu": 0.5}
+#: On the CPU bigger tiles are not faster; stay friendly to the rest of the machine.
+CPU_BUDGET = 2 << 30
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _round_down(x: int, m: int) -> int:
+    return (x // m) * m
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis: read ``[src0, src1)``, add ``weights`` over ``[dst0, dst1)``."""
+
+    src0: int
+    src1: int
+    dst0: int
+    dst1: int
+    weights: np.ndarray
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Raised cosine rising over ``n`` samples; ``ramp + ramp[::-1] == 1``."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return 0.5 - 0.5 * np.cos(np.pi * t)
+
+
+def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
+    """Split one axis into tiles (``tile <= 0`` or ``>= length``: one span for the whole axis)."""
+    multiple = max(1, multiple)
+    if tile <= 0 or tile >= length:
+        return [Span(0, length, 0, length, np.ones(length, np.float32))]
+    tile = max(multiple, _round_down(tile, multiple))
+    half = min(overlap // 2, tile // 2)  # fade half-width
+    context = overlap + half  # from a core edge to the edge of what the tile reads
+    spans = []
+    for core0 in range(0, length, tile):
+        core1 = min(length, core0 + tile)
+        dst0 = max(0, core0 - half) if core0 > 0 else 0
+        dst1 = min(length, core1 + half) if core1 < length else length
+        src0 = max(0, _round_down(core0 - context, multiple)) if core0 > 0 else 0
+        src1 = min(length, core1 + context) if core1 < length else length
+        src1 = min(length, src0 + _round_up(src1 - src0, multiple))  # extend with real pixels, not padding
+        w = np.ones(dst1 - dst0, np.float64)
+        if core0 > 0 and half:
+            w[: 2 * half] *= _ramp(2 * half)[: dst1 - dst0]
+        if core1 < length and half:
+            n = dst1 - (core1 - half)
+            w[-n:] *= _ramp(2 * half)[::-1][:n]
+        spans.append(Span(src0, src1, dst0, dst1, w.astype(np.float32)))
+    return spans
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom/right up to a multiple (replicate when the side is too short to reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if (ph < h and pw < w) else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _scale_of(dtype: np.dtype) -> float:
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    if dtype in (np.float32, np.float64):
+        return 1.0
+    raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {dtype}")
+
+
+def run_tiles(
+    fn: TileFn,
+    image: np.ndarray,
+    *,
+    tile: int,
+    overlap: int,
+    multiple: int = 1,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Apply ``fn`` tile by tile; returns ``H x W x 3`` float32 in [0, 1] (``out`` reused if given)."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise DerainError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
+    h, w = image.shape[:2]
+    scale = _scale_of(image.dtype)
+    if out is None:
+        out = np.zeros((h, w, 3), np.float32)
+    else:
+        out.fill(0.0)
+    rows = plan_axis(h, tile, overlap, multiple)
+    cols = plan_axis(w, tile, overlap, multiple)
+    row_sum = np.zeros(h, np.float64)
+    col_sum = np.zeros(w, np.float64)
+    for r in rows:
+        row_sum[r.dst0 : r.dst1] += r.weights
+    for c in cols:
+        col_sum[c.dst0 : c.dst1] += c.weights
+
+    for r in rows:
+        for c in cols:
+            patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
+            if scale != 1.0:
+                patch *= np.float32(1.0 / scale)
+            x = torch.from_numpy(patch).permute(2, 0, 1)[None]
+            y = fn(pad_to_multiple(x, multiple))
+            y = y[0, :, : r.src1 - r.src0, : c.src1 - c.src0].float().cpu().numpy().transpose(1, 2, 0)
+            y = y[r.dst0 - r.src0 : r.dst1 - r.src0, c.dst0 - c.src0 : c.dst1 - c.src0]
+            weight = r.weights[:, None, None] * c.weights[None, :, None]
+            out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y * weight
+            del x, y, patch
+
+    inv_col = (1.0 / col_sum).astype(np.float32)[None, :, None]
+    for y0 in range(0, h, 256):  # normalise in row chunks: no image-sized temporaries
+        block = out[y0 : y0 + 256]
+        block *= (1.0 / row_sum[y0 : y0 + 256]).astype(np.float32)[:, None, None] * inv_col
+        np.clip(block, 0.0, 1.0, out=block)
+    return out
+
+
+def from_unit(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float [0, 1] -> ``dtype`` (rounded), converted in row chunks to bound memory."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return img
+    scale = _scale_of(dtype)
+    res = np.empty(img.shape, dtype)
+    for y0 in range(0, img.shape[0], 256):
+        res[y0 : y0 + 256] = np.rint(img[y0 : y0 + 256] * np.float32(scale))
+    return res
+
+
+def auto_tile(
+    height: int,
+    width: int,
+    *,
+    device: torch.device,
+    bytes_per_pixel: float,
+    overlap: int,
+    multiple: int = 1,
+    min_tile: int = 0,
+) -> int:
+    """Tile side for ``--tile 0``: 0 (whole image) if it fits in free memory, else the largest that does."""
+    share = MEMORY_SHARE.get(device.type, 0.5)
+    budget = free_memory(device) * share
+    if device.type == "cpu":
+        budget = min(budget, CPU_BUDGET)
+    padded = _round_up(height, multiple) * _round_up(width, multiple)
+    if padded * bytes_per_pixel <= budget:
+        return 0
+    side = int(math.sqrt(budget / bytes_per_pixel)) - 3 * overlap
+    side = max(side, MIN_TILE, min_tile)
+    return max(multiple, _round_down(side, multiple))
+
+
+def run_with_retry(
+    fn: TileFn,
+    image: np.ndarray,
+    *,
+    tile: int,
+    overlap: int,
+    multiple: int,
+    device: torch.device,
+    min_tile: int = 0,
+    notify: Notify = say,
+) -> tuple[np.ndarray, int]:
+    """:func:`run_tiles`, halving the tile on out-of-memory; returns ``(result, tile used)``."""
+    floor = max(MIN_TILE, min_tile, multiple)
+    out = None
+    while True:
+        try:
+            if out is None:
+                out = np.zeros((image.shape[0], image.shape[1], 3), np.float32)
+            return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out), tile
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            del exc
+            release_memory(device)
+            current = tile if tile > 0 else max(image.shape[:2])
+            smaller = _round_down(current // 2, multiple)
+            if smaller < floor:
+                raise DerainError(
+                    f"out of memory on {device} even with {current}-pixel tiles; "
+                    "close other programs, or try --device cpu"
+                ) from None
+            notify(f"out of memory on {device} with tile {current or 'whole image'}; retrying with tile {smaller}")
+            tile = smaller

@@ -1,0 +1,219 @@
+"""Tiled inference, devices and the Python API, on tiny test-only models with random weights."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from derain_cli import devices, tiling
+from derain_cli.api import Derainer, load_model
+from derain_cli.errors import DerainError, WeightsError
+from derain_cli.weightfile import save_weights
+from tiny_spec import make_spec, save_random_weights
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """One loaded tiny model per kind: conv (margin 3), unet (multiple 4), norm (not tile safe)."""
+    folder = tmp_path_factory.mktemp("w")
+    out = {}
+    for kind in ("conv", "unet", "norm"):
+        spec = make_spec(kind=kind)
+        out[kind] = load_model(spec, weights=save_random_weights(spec, folder / f"{kind}.safetensors"), device="cpu")
+    return out
+
+
+def _image(h=93, w=130, seed=0):
+    return np.random.default_rng(seed).random((h, w, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [(100, 40, 8, 4), (97, 32, 6, 1), (64, 64, 8, 1), (130, 48, 40, 8)])
+def test_windows_partition_unity(length, tile, overlap, multiple):
+    spans = tiling.plan_axis(length, tile, overlap, multiple)
+    total = np.zeros(length)
+    for s in spans:
+        total[s.dst0 : s.dst1] += s.weights
+        assert s.src0 % multiple == 0 and s.src0 <= s.dst0 and s.dst1 <= s.src1 <= length
+        # every pixel a tile contributes to has >= overlap pixels of real context inside the tile
+        if s.src0 > 0:
+            assert s.dst0 - s.src0 >= overlap
+        if s.src1 < length:
+            assert s.src1 - s.dst1 >= overlap
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    weights = np.concatenate([s.weights for s in spans])
+    assert weights.min() > 0 and (np.diff(spans[0].weights) <= 0).all()  # smooth fade, no hard cut
+
+
+@pytest.mark.parametrize("kind,margin", [("conv", 3), ("unet", 16)])
+def test_tiled_equals_untiled(models, kind, margin):
+    model = models[kind]
+    img = _image()
+    whole = model.process(img, tile=0)
+    assert model.last_tile == 0
+    tiled = model.process(img, tile=32, tile_overlap=margin)
+    assert model.last_tile == 32
+    assert np.abs(tiled - whole).max() <= 1 / 255
+    # the check has teeth: without context the tiles visibly disagree with the whole image
+    seams = model.process(img, tile=32, tile_overlap=0)
+    assert np.abs(seams - whole).max() > 1 / 255
+
+
+@pytest.mark.parametrize("dtype,top", [(np.uint8, 255), (np.uint16, 65535), (np.float32, 1.0)])
+def test_process_keeps_dtype(models, dtype, top):
+    img = (_image(40, 52) * top).astype(dtype)
+    out = models["conv"].process(img, tile=24, tile_overlap=4)
+    assert out.dtype == dtype and out.shape == img.shape
+    ref = models["conv"].process(_image(40, 52) if dtype == np.float32 else img.astype(np.float32) / top)
+    assert np.abs(out.astype(np.float32) / top - ref).max() <= 1 / 255
+
+
+def test_process_rejects_bad_arrays(models):
+    with pytest.raises(DerainError, match="H x W x 3"):
+        models["conv"].process(np.zeros((8, 8), np.uint8))
+    with pytest.raises(DerainError, match="uint8, uint16 or float32"):
+        models["conv"].process(np.zeros((8, 8, 3), np.int64))
+
+
+def test_process_tensor_any_size_and_batch(models):
+    x = torch.rand(2, 3, 21, 35)
+    y = models["unet"].process_tensor(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_input_range_is_mapped(tmp_path):
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            seen["range"] = (float(x.min()), float(x.max()))
+            return x * self.scale
+
+    spec = make_spec(name="probe", input_range=(-1.0, 1.0), build=lambda cfg: Probe(), derain_net=lambda b, v: b)
+    model = load_model(spec, weights=save_random_weights(spec, tmp_path / "p.safetensors"), device="cpu")
+    x = torch.tensor([0.0, 0.25, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
+    y = model.process_tensor(x)
+    assert seen["range"] == (-1.0, 1.0)
+    torch.testing.assert_close(y, x)
+
+
+def test_out_of_memory_halves_tile():
+    calls, lines = [], []
+
+    def fn(x):
+        calls.append(x.shape[-1])
+        if x.shape[-1] * x.shape[-2] > 120 * 120:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return x
+
+    img = _image(150, 200)
+    out, used = tiling.run_with_retry(
+        fn, img, tile=0, overlap=4, multiple=1, device=torch.device("cpu"), notify=lines.append
+    )
+    assert used == 100 and len(lines) == 1 and "retrying with tile 100" in lines[0]
+    assert max(calls[1:]) <= 120
+    np.testing.assert_allclose(out, img, atol=1e-6)
+
+    def always(x):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(DerainError, match="out of memory .* even with"):
+        tiling.run_with_retry(always, img, tile=128, overlap=4, multiple=1, device=torch.device("cpu"), notify=lines.append)
+
+
+def test_other_errors_are_not_retried():
+    def broken(x):
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        tiling.run_with_retry(broken, _image(20, 20), tile=0, overlap=0, multiple=1, device=torch.device("cpu"))
+
+
+def test_auto_tile_from_free_memory(monkeypatch, models):
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 8 << 30)
+    assert tiling.auto_tile(100, 100, device=torch.device("cpu"), bytes_per_pixel=4096, overlap=16) == 0
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 1 << 30)  # 1 GiB free
+    side = tiling.auto_tile(4000, 6000, device=torch.device("cpu"), bytes_per_pixel=4096, overlap=16, multiple=8)
+    assert side % 8 == 0 and 200 < side < 4000
+    assert (side + 3 * 16) ** 2 * 4096 <= (1 << 30) * tiling.MEMORY_SHARE["cpu"]  # a tile with context fits
+    # CUDA sizing reads the GPU's free memory, not RAM
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123 << 20, 8 << 30))
+    assert devices.free_memory(torch.device("cuda")) == 123 << 20
+    assert devices.available_ram() > 0
+    # through the model: tiny memory -> tiles, and the tile used is reported
+    model = models["conv"]
+    img = _image(300, 300)
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 300 * 300 * 256 // 4)
+    model.process(img)
+    assert 0 < model.last_tile < 300
+
+
+def test_tile_unsafe_model_prefers_whole_image(models, monkeypatch):
+    model = models["norm"]
+    assert model.plan_tile(200, 300, tile=0) == (0, 16)  # fits: whole image, whatever the statistics
+    tile, overlap = model.plan_tile(500, 500, tile=32)  # explicit small tile: raised to min_tile, wide fade
+    assert tile == 96 and overlap == 24
+    monkeypatch.setattr(tiling, "free_memory", lambda device: 1 << 20)
+    tile, _ = model.plan_tile(2000, 2000, tile=0)
+    assert tile >= 96
+
+
+def test_devices(capsys):
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+    lines = []
+    assert devices.resolve_device("auto", notify=lines.append) == torch.device("cpu")
+    assert len(lines) == 1 and "CPU" in lines[0]  # the fallback is visible (this machine has no CUDA)
+    for bad, msg in [("cuda", "cuda"), ("cuda:3", "cuda"), ("gpu", "unknown device"), ("mps", "MPS")]:
+        with pytest.raises(DerainError, match=msg):
+            devices.resolve_device(bad)
+    with pytest.raises(DerainError, match="needs a GPU"):
+        devices.half_dtype(torch.device("cpu"), True)
+    assert devices.half_dtype(torch.device("cpu"), False) is None
+    with pytest.raises(DerainError, match="threads"):
+        devices.set_threads(0)
+    assert devices.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert not devices.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_load_model_errors(tmp_path, models):
+    spec = make_spec()
+    other = make_spec(name="other")
+    wrong = save_random_weights(other, tmp_path / "other.safetensors")
+    with pytest.raises(WeightsError, match="architecture 'other'"):
+        load_model(spec, weights=wrong, device="cpu")
+    # tensors of a wider net, metadata claiming the tiny config: refused, not half-loaded
+    wide = spec.build({**spec.config(), "width": 16}).state_dict()
+    save_weights(tmp_path / "t.safetensors", wide, architecture=spec.name, config=spec.config())
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_model(spec, weights=tmp_path / "t.safetensors", device="cpu")
+    with pytest.raises(DerainError, match="unknown model"):
+        load_model("no-such-model", device="cpu")
+    with pytest.raises(DerainError, match="variant"):
+        load_model(spec, weights=wrong, variant="fancy", device="cpu")
+    with pytest.raises(DerainError, match="half"):
+        load_model(spec, weights=save_random_weights(spec, tmp_path / "s.safetensors"), device="cpu", half=True)
+
+
+def test_rainify_task(tmp_path):
+    spec = make_spec()
+    path = save_random_weights(spec, tmp_path / "w.safetensors")
+    derain = load_model(spec, weights=path, device="cpu")
+    rain = load_model(spec, weights=path, device="cpu", task="rainify")
+    assert isinstance(rain, Derainer) and rain.net is not derain.net and rain.output_tag == "_rainy"
+    assert len(list(rain.net.parameters())) < len(list(derain.net.parameters()))
+    no_rain = make_spec(name="norain", rainify_net=None)
+    with pytest.raises(DerainError, match="cannot render rain"):
+        load_model(no_rain, weights=path, device="cpu", task="rainify")
+
+
+def test_package_import_is_lazy():
+    code = "import sys, derain_cli, derain_cli.cli; print('torch' in sys.modules); print(callable(derain_cli.load_model))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

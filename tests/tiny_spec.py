@@ -1,0 +1,128 @@
+"""Test-only models: tiny convolutional nets with known receptive fields, random weights.
+
+Used by the inference-core tests so they do not depend on any trained architecture.
+"""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from derain_cli.registry import ModelSpec
+from derain_cli.weightfile import save_weights
+
+
+class TinyConv(nn.Module):
+    """``layers`` 3x3 convs with a residual: receptive-field margin == ``layers`` pixels."""
+
+    def __init__(self, width: int = 8, layers: int = 3):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
+        for _ in range(layers - 2):
+            mods += [nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)]
+        mods += [nn.ReLU(), nn.Conv2d(width, 3, 3, padding=1)]
+        self.body = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return x + 0.5 * self.body(x)
+
+
+class TinyUNet(nn.Module):
+    """Two stride-2 levels (size multiple 4): checks tile alignment for strided models."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.inc = nn.Conv2d(3, width, 3, padding=1)
+        self.down1 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(width, width, 2, stride=2)
+        self.up1 = nn.ConvTranspose2d(width, width, 2, stride=2)
+        self.out = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.inc(x))
+        b = torch.relu(self.down1(a))
+        c = torch.relu(self.down2(b))
+        b = b + self.up2(c)
+        a = a + self.up1(b)
+        return x + 0.5 * self.out(torch.relu(a))
+
+
+class TinyNorm(nn.Module):
+    """InstanceNorm: output depends on whole-image statistics (not tile safe)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(width)
+        self.out = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x):
+        return x + 0.3 * self.out(torch.relu(self.norm(self.conv(x))))
+
+
+class Bundle(nn.Module):
+    def __init__(self, net: nn.Module, rain: nn.Module | None = None):
+        super().__init__()
+        self.derain = net
+        if rain is not None:
+            self.rain = rain
+
+
+def _build(config):
+    kind = config.get("kind", "conv")
+    if kind == "unet":
+        net = TinyUNet(config["width"])
+    elif kind == "norm":
+        net = TinyNorm(config["width"])
+    else:
+        net = TinyConv(config["width"], config.get("layers", 3))
+    return Bundle(net, TinyConv(config["width"], 2) if config.get("rain") else None)
+
+
+def make_spec(name: str = "tinytest", kind: str = "conv", **fields) -> ModelSpec:
+    config = {"width": 8, "layers": 3, "kind": kind, "rain": True}
+    base = dict(
+        name=name,
+        summary="test-only tiny net",
+        paper="none",
+        presets={"tiny": config},
+        default_preset="tiny",
+        build=_build,
+        derain_net=lambda bundle, variant: bundle.derain,
+        modes=("paired",),
+        recipe=object,
+        weights_entry=name,
+        rainify_net=lambda bundle: bundle.rain,
+        tile_margin=8,
+        bytes_per_pixel=256.0,
+    )
+    if kind == "unet":
+        base.update(size_multiple=4, tile_margin=16)
+    if kind == "norm":
+        base.update(tile_safe=False, min_tile=96, tile_margin=16)
+    base.update(fields)
+    return ModelSpec(**base)
+
+
+def save_random_weights(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
+    """Build ``spec`` with random weights (seeded) and save them like a shipped file."""
+    torch.manual_seed(seed)
+    config = spec.config()
+    bundle = spec.build(config)
+    save_weights(path, bundle.state_dict(), architecture=spec.name, config=config)
+    return path
+
+
+def install(monkeypatch, spec: ModelSpec) -> None:
+    """Make ``spec`` resolvable by name through the real registry (``--model NAME``)."""
+    import sys
+
+    from derain_cli import registry
+
+    module = types.ModuleType(f"derain_cli.models.{spec.name}")
+    module.SPEC = spec
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(registry, "MODEL_NAMES", registry.MODEL_NAMES + (spec.name,))
