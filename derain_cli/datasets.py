@@ -87,7 +87,7 @@ register_dataset(DatasetSpec(
     title="Rain100L test rainy images with synthetic fog (fixed seed), clean targets unchanged",
     source="derived here from Rain100L test by `derain synth --eval-set rain100l-fog`",
     pairs=100,
-    builder="derain synth --eval-set rain100l-fog --data DATA_ROOT -o $DERAIN_DATA/rain100l-fog",
+    builder="derain synth --eval-set rain100l-fog --data DIR_HOLDING_rain100l -o $DERAIN_DATA/rain100l-fog",
 ))
 
 
@@ -149,11 +149,14 @@ def pair_by_stem(first_dir: Path, second_dir: Path, first_label: str, second_lab
     only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
     if only_a or only_b:
+        def a_(label: str) -> str:
+            return ("an " if label[0] in "aeiou" else "a ") + label
+
         parts = []
         if only_a:
-            parts.append(f"{len(only_a)} {first_label} image(s) without a {second_label} partner: {_stems_text(only_a)}")
+            parts.append(f"{len(only_a)} {first_label} image(s) without {a_(second_label)} partner: {_stems_text(only_a)}")
         if only_b:
-            parts.append(f"{len(only_b)} {second_label} image(s) without a {first_label} partner: {_stems_text(only_b)}")
+            parts.append(f"{len(only_b)} {second_label} image(s) without {a_(first_label)} partner: {_stems_text(only_b)}")
         raise DerainError(f"cannot pair {first_dir} with {second_dir}: " + "; ".join(parts))
     return [Pair(s, a[s], b[s]) for s in sorted(a)]
 
