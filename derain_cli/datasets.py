@@ -141,9 +141,22 @@ def _stems_text(stems: list[str], limit: int = 5) -> str:
     return ", ".join(stems[:limit]) + more
 
 
-def pair_by_stem(first_dir: Path, second_dir: Path, first_label: str, second_label: str) -> list[Pair]:
-    """Pair two folders by file stem; any image without a partner is an error that names it."""
+def pair_by_stem(first_dir: Path, second_dir: Path, first_label: str, second_label: str,
+                 first_tag: str = "") -> list[Pair]:
+    """Pair two folders by file stem; any image without a partner is an error that names it.
+
+    ``first_tag`` is a suffix the first folder's stems may carry (``_derained``, as
+    ``derain run``/``derain batch`` name their outputs); it is ignored for pairing.
+    """
     a, b = list_images(first_dir), list_images(second_dir)
+    if first_tag:
+        untagged: dict[str, Path] = {}
+        for stem, path in a.items():
+            key = stem[: -len(first_tag)] if stem.endswith(first_tag) and stem not in b else stem
+            if key in untagged:
+                raise DerainError(f"{first_dir}: both {untagged[key].name} and {path.name} would pair with {key!r}")
+            untagged[key] = path
+        a = untagged
     if not a:
         raise DerainError(f"no images in {first_dir}")
     only_a = sorted(set(a) - set(b))

@@ -35,6 +35,9 @@ PUBLISHED_TOML = Path(__file__).resolve().parent / "data" / "published.toml"
 
 Progress = Callable[[int, int], None]
 
+#: ``derain run``/``derain batch`` name outputs ``<stem>_derained<suffix>``; eval pairs them with ``<stem>``.
+OUTPUT_TAG = "_derained"
+
 
 # -- reading and writing ------------------------------------------------------------
 def read_for_scoring(path: str | os.PathLike) -> np.ndarray:
@@ -107,7 +110,7 @@ def _scored(stem: str, output: np.ndarray, reference: np.ndarray, what: str, sec
 
 def score_folders(out_dir: str | os.PathLike, gt_dir: str | os.PathLike, progress: Progress | None = None) -> EvalResult:
     """Score existing outputs against references paired by file stem."""
-    pairs = pair_by_stem(Path(out_dir), Path(gt_dir), "output", "reference")
+    pairs = pair_by_stem(Path(out_dir), Path(gt_dir), "output", "reference", first_tag=OUTPUT_TAG)
     rows = []
     for i, p in enumerate(pairs):
         rows.append(_scored(p.stem, read_for_scoring(p.first), read_for_scoring(p.second), str(out_dir)))

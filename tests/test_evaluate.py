@@ -83,6 +83,16 @@ def test_eval_scores_folders_and_writes_reports(tiny_pairs, monkeypatch, capsys,
     assert data["mean"]["ssim_y"] == pytest.approx(expected.ssim_y)
 
 
+def test_eval_pairs_derain_batch_output_names(tiny_pairs, tmp_path):
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for i in range(6):  # named as `derain batch rainy/ -o outs/` names them
+        (outs / f"{i:03d}_derained.png").write_bytes((tiny_pairs / "rainy" / f"{i:03d}.png").read_bytes())
+    got = evaluate.score_folders(outs, tiny_pairs / "clean")
+    assert [r.stem for r in got.rows] == [f"{i:03d}" for i in range(6)]
+    assert got.mean == evaluate.score_folders(tiny_pairs / "rainy", tiny_pairs / "clean").mean
+
+
 def test_eval_identical_folders_is_infinite_psnr_and_json_stays_valid(tiny_pairs, monkeypatch, capsys, tmp_path):
     report = tmp_path / "same.json"
     code, out, err = run_cli(monkeypatch, capsys, "eval", tiny_pairs / "clean", tiny_pairs / "clean", "--report", report)

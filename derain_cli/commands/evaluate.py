@@ -41,7 +41,7 @@ def _progress(console: Any, label: str):
 
 def eval_command(
     first_dir: Path = typer.Argument(..., help="Derained outputs (or rainy inputs with --model)."),
-    gt_dir: Path = typer.Argument(..., help="Clean references; files pair with FIRST_DIR by file stem."),
+    gt_dir: Path = typer.Argument(..., help="Clean references; files pair with FIRST_DIR by file stem (a _derained suffix is ignored)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Derain FIRST_DIR with this model first."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for --model (default: the registered one)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Per-image figures to FILE.csv or FILE.json."),
