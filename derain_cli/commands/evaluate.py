@@ -129,6 +129,9 @@ def bench_command(
         names = ev.available_models()
         if not names:
             raise DerainError("no registered model has weights available; pass --model NAME --weights FILE")
+        skipped = [n for n in MODEL_NAMES if n not in names]
+        if skipped:
+            console.print(f"skipping models without weights here: {', '.join(skipped)}", highlight=False)
     elif model in MODEL_NAMES:
         names = [model]
     else:
