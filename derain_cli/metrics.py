@@ -93,11 +93,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr_from_mse(float(np.mean((a - b) ** 2)))
 
 
+def _y_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Y of both images; a gray image paired with a colour one is scored as colour (R = G = B),
+    so both sides use the same studio-range luma."""
+    a8, b8 = _colour(to_uint8(a)), _colour(to_uint8(b))
+    _check_same_size(a8, b8)
+    if a8.ndim != b8.ndim:
+        a8 = a8 if a8.ndim == 3 else np.repeat(a8[:, :, None], 3, axis=2)
+        b8 = b8 if b8.ndim == 3 else np.repeat(b8[:, :, None], 3, axis=2)
+    return rgb_to_y(a8), rgb_to_y(b8)
+
+
 def psnr_y(a: np.ndarray, b: np.ndarray) -> float:
     """Y-channel PSNR of two RGB images (uint8, uint16 or float in [0, 1]): the field's PSNR."""
-    a8, b8 = to_uint8(a), to_uint8(b)
-    _check_same_size(a8, b8)
-    return psnr(rgb_to_y(a8), rgb_to_y(b8))
+    return psnr(*_y_pair(a, b))
 
 
 def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,9 +160,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def ssim_y(a: np.ndarray, b: np.ndarray) -> float:
     """Y-channel SSIM of two RGB images: the field's SSIM (mean of the valid-region map)."""
-    a8, b8 = to_uint8(a), to_uint8(b)
-    _check_same_size(a8, b8)
-    return float(ssim_map(rgb_to_y(a8), rgb_to_y(b8)).mean())
+    return float(ssim_map(*_y_pair(a, b)).mean())
 
 
 @dataclass(frozen=True)
@@ -167,13 +174,11 @@ class Scores:
 
 def score(output: np.ndarray, reference: np.ndarray) -> Scores:
     """All reported figures for one (output, reference) pair, each computed once on 8-bit values."""
-    out8, ref8 = to_uint8(output), to_uint8(reference)
-    _check_same_size(out8, ref8)
-    y_out, y_ref = rgb_to_y(out8), rgb_to_y(ref8)
+    y_out, y_ref = _y_pair(output, reference)
     return Scores(
         psnr_y=psnr(y_out, y_ref),
         ssim_y=float(ssim_map(y_out, y_ref).mean()),
-        psnr_rgb=psnr_rgb(out8, ref8),
+        psnr_rgb=psnr_rgb(output, reference),
     )
 
 

@@ -85,6 +85,16 @@ def test_16bit_is_scaled_like_im2uint8():
     assert metrics.to_uint8(np.array([32896], np.uint16))[0] == 128  # 128 * 257
 
 
+def test_gray_images():
+    rainy, clean = make_rainy_pair(30, 30, seed=4)
+    g_r, g_c = rainy[:, :, 1], clean[:, :, 1]
+    # both gray: the gray values are the luma, as in the field's scripts
+    assert metrics.psnr_y(g_r, g_c) == pytest.approx(metrics.psnr(g_r, g_c))
+    # gray vs colour: the gray one is scored as R = G = B
+    as_rgb = np.repeat(g_r[:, :, None], 3, axis=2)
+    assert metrics.score(g_r, clean) == metrics.score(as_rgb, clean)
+
+
 def test_size_mismatch_and_tiny_images_are_clear_errors():
     with pytest.raises(ImageError, match="size mismatch"):
         metrics.score(_gray_rgb(1, 20, 20), _gray_rgb(1, 20, 21))
