@@ -48,7 +48,13 @@ _register_commands()
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     try:
-        app(standalone_mode=False)
+        # with standalone_mode=False click *returns* the code of `raise typer.Exit(n)`;
+        # typer turns Ctrl-C into Exit(130)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                print("derain: interrupted", file=sys.stderr)
+            sys.exit(code)
     except DerainError as exc:
         if state["debug"]:
             raise
