@@ -149,7 +149,7 @@ class Derainer:
         elif not self.spec.tile_safe:
             tile = max(tile, self.spec.min_tile)  # global statistics need big tiles
         if tile and not self.spec.tile_safe:
-            overlap = max(overlap, tile // 4)
+            overlap = max(overlap, tile // 8)  # wide fades hide tile-to-tile statistics
         if tile >= max(height, width):
             tile = 0
         return tile, overlap

@@ -235,3 +235,12 @@ def test_unwritable_output(tmp_path):
         write_image(blocker / "sub" / "o.png", Photo(rgb=_rgb()))
     with pytest.raises(ImageError, match="cannot write .gif"):
         write_image(tmp_path / "o.gif", Photo(rgb=_rgb()))
+
+
+def test_output_gets_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = write_image(tmp_path / "o.png", Photo(rgb=_rgb()))
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644

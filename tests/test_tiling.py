@@ -158,8 +158,9 @@ def test_auto_tile_from_free_memory(monkeypatch, models):
 def test_tile_unsafe_model_prefers_whole_image(models, monkeypatch):
     model = models["norm"]
     assert model.plan_tile(200, 300, tile=0) == (0, 16)  # fits: whole image, whatever the statistics
-    tile, overlap = model.plan_tile(500, 500, tile=32)  # explicit small tile: raised to min_tile, wide fade
-    assert tile == 96 and overlap == 24
+    tile, overlap = model.plan_tile(500, 500, tile=32)  # explicit small tile: raised to min_tile
+    assert tile == 96 and overlap == 16
+    assert model.plan_tile(900, 900, tile=400) == (400, 50)  # wide fade for big tiles
     monkeypatch.setattr(tiling, "free_memory", lambda device: 1 << 20)
     tile, _ = model.plan_tile(2000, 2000, tile=0)
     assert tile >= 96
