@@ -178,6 +178,14 @@ def _exif_upright(exif: bytes | None) -> bytes | None:
     return out if out.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + out
 
 
+def _matching_icc(icc: bytes | None, gray: bool) -> bytes | None:
+    """The profile if it describes what we write (RGB or gray); a CMYK profile on RGB pixels would lie."""
+    if not icc or len(icc) < 20:
+        return None
+    space = icc[16:20]
+    return icc if space == (b"GRAY" if gray else b"RGB ") else None
+
+
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -239,7 +247,7 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
     if not 1 <= quality <= 100:
         raise ImageError(f"quality must be between 1 and 100, not {quality}")
     exif = _exif_upright(photo.exif)
-    icc = photo.icc
+    icc = _matching_icc(photo.icc, photo.gray)
     keep_alpha = suffix not in (".jpg", ".jpeg")
     sixteen = photo.bit_depth == 16 and suffix in (".png", ".tif", ".tiff")
     if not sixteen and photo.bit_depth == 16:

@@ -244,3 +244,14 @@ def test_output_gets_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_icc_of_another_colour_space_is_dropped(tmp_path):
+    icc = bytearray(_srgb_icc())
+    icc[16:20] = b"CMYK"  # e.g. a CMYK JPEG: its profile does not describe the RGB pixels we write
+    out = write_image(tmp_path / "o.jpg", Photo(rgb=_rgb(), icc=bytes(icc)))
+    with Image.open(out) as im:
+        assert "icc_profile" not in im.info
+    out = write_image(tmp_path / "o2.jpg", Photo(rgb=_rgb(), icc=_srgb_icc()))
+    with Image.open(out) as im:
+        assert im.info["icc_profile"] == _srgb_icc()

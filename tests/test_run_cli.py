@@ -252,3 +252,18 @@ def test_real_ctrl_c_leaves_no_partial_file(tmp_path):
     assert 0 < len(names) < 40 and all(not n.startswith(".") for n in names)
     for n in names:  # every file that exists is a complete image
         assert read_image(out / n).rgb.shape == (320, 320, 3)
+
+
+def test_python_api_derain_file(tmp_path):
+    import derain_cli
+
+    spec = make_spec()
+    weights = save_random_weights(spec, tmp_path / "w.safetensors")
+    src = _png(tmp_path / "photo.png")
+    model = derain_cli.load_model(spec, weights=weights, device="cpu")
+    assert (model.spec, model.device.type) == (spec, "cpu") and not model.net.training
+    out = derain_cli.derain_file(src, model=model)
+    assert out == tmp_path / "photo_derained.png"
+    out2 = derain_cli.derain_file(src, tmp_path / "o", model=spec, weights=weights, device="cpu", tile=16)
+    assert out2 == tmp_path / "o" / "photo_derained.png"
+    assert np.abs(read_image(out).rgb.astype(int) - read_image(out2).rgb.astype(int)).max() <= 1
