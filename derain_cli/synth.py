@@ -193,3 +193,15 @@ def image_seed(base_seed: int, name: str) -> int:
 def rms_contrast(image: np.ndarray) -> float:
     """Standard deviation of luminance, the usual global contrast measure."""
     return float(np.asarray(image, np.float32)[..., :3].mean(axis=-1).std())
+
+
+def local_contrast(image: np.ndarray, sigma: float = 2.0) -> float:
+    """RMS of luminance detail (image minus its blur): the contrast fog takes away.
+
+    Global RMS contrast is a poor fog gauge because a depth-varying haze adds a
+    smooth gradient of its own; detail contrast is scaled by ``T`` everywhere.
+    """
+    import cv2
+
+    lum = np.asarray(image, np.float32)[..., :3].mean(axis=-1)
+    return float((lum - cv2.GaussianBlur(lum, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)).std())

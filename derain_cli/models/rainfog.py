@@ -1,0 +1,399 @@
+"""``rainfog``: asymmetric unsupervised rain-and-fog removal with a physical degradation prior.
+
+Three sub-networks share the model ``I = T * (J + R) + (1 - T) * A``
+(:mod:`derain_cli.synth`):
+
+* :class:`FeatureExtractor` reads a rainy-foggy image and predicts the
+  transmission ``T`` (smooth, at quarter resolution), the atmospheric light
+  ``A`` (one colour per image) and the rain layer ``R``. Local attention gates
+  features by their *local discrepancy* (streaks differ from their
+  neighbourhood); global attention relates every position to every other
+  (rain and fog are self-similar across the image), on a pooled grid of at
+  most ``attn_tokens`` positions so that it stays affordable.
+* :class:`RemovalNet` maps the rainy image to the clean scene. It sees the
+  image, the physical inversion ``(I - (1 - T) A) / T - R`` and the priors, and
+  predicts a correction of that inversion.
+* :class:`GenerationNet` turns a clean image plus (T, A, R) into a rainy-foggy
+  one: the degradation model followed by a small learned residual.
+
+Training (:class:`RainFogRecipe`) runs the two asymmetric paths on unpaired
+data: Rain -> Clean -> Rain (derain a real rainy image, re-degrade it with its
+own extracted features, match the input) and Clean -> Rain -> Clean (degrade a
+clean image with features extracted from an *unrelated* rainy image, derain
+it, match the clean image). Discriminators (LSGAN PatchGANs) judge derained
+images against clean ones and generated rain against real rain; feature
+losses ask the extractor to recover the features a generated image was made
+with. Clean images are also degraded with procedural rain and fog from
+:func:`derain_cli.synth.render_rain` (the physics prior, no paired data), which
+gives the extractor supervised features from the first step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import ModelSpec
+from ..synth import FOG_BETA, degrade, render_rain, restore
+from ..train.recipe import Recipe
+from .common import charbonnier, pad_to_multiple
+
+T_MIN = 0.08
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2, True), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class LocalAttention(nn.Module):
+    """Gate features by local discrepancy: a streak stands out from its 5x5 neighbourhood."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2, True), nn.Conv2d(ch, ch, 1), nn.Sigmoid())
+        self.body = ResBlock(ch)
+
+    def forward(self, x):
+        discrepancy = x - F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+        return self.body(x * (1 + self.gate(discrepancy)))
+
+
+class GlobalAttention(nn.Module):
+    """Non-local self-similarity over a pooled grid of at most ``max_tokens`` positions."""
+
+    def __init__(self, ch: int, max_tokens: int = 1024):
+        super().__init__()
+        self.max_tokens = max_tokens
+        self.dim = max(8, ch // 2)
+        self.qkv = nn.Conv2d(ch, 2 * self.dim + ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        self.scale = nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = x
+        if h * w > self.max_tokens:
+            f = math.sqrt(h * w / self.max_tokens)
+            y = F.adaptive_avg_pool2d(x, (max(1, int(h / f)), max(1, int(w / f))))
+        hh, ww = y.shape[-2:]
+        q, k, v = self.qkv(y).flatten(2).split([self.dim, self.dim, c], dim=1)
+        attn = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(self.dim), dim=-1)  # B x N x N
+        out = (v @ attn.transpose(1, 2)).view(b, c, hh, ww)
+        if (hh, ww) != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return x + self.scale * self.proj(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the three sub-networks
+class FeatureExtractor(nn.Module):
+    """Image -> (T: Bx1xHxW, A: Bx3x1x1, R: Bx3xHxW). Input H, W must be multiples of 4."""
+
+    def __init__(self, width: int, local_blocks: int, global_blocks: int, attn_tokens: int):
+        super().__init__()
+        c = width
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.local = nn.Sequential(*[LocalAttention(c) for _ in range(local_blocks)])
+        self.down = nn.Sequential(
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+        )
+        self.glob = nn.ModuleList([GlobalAttention(2 * c, attn_tokens) for _ in range(global_blocks)])
+        self.glob_res = nn.ModuleList([ResBlock(2 * c) for _ in range(global_blocks)])
+        self.t_head = nn.Conv2d(2 * c, 1, 3, padding=1)
+        self.a_head = nn.Sequential(nn.Linear(2 * c, c), nn.LeakyReLU(0.2, True), nn.Linear(c, 3))
+        self.up = nn.Conv2d(2 * c, c, 1)
+        self.r_head = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.LeakyReLU(0.2, True), nn.Conv2d(c, 3, 3, padding=1))
+        with torch.no_grad():
+            self.t_head.bias.fill_(2.0)  # start near T = 0.88 (little fog)
+            self.r_head[-1].bias.fill_(-4.0)  # and near R = 0
+            self.a_head[-1].bias.fill_(1.5)  # A near 0.8
+
+    def forward(self, x):
+        f = self.local(self.head(x))
+        g = self.down(f)
+        for att, res in zip(self.glob, self.glob_res):
+            g = res(att(g))
+        t = torch.sigmoid(F.interpolate(self.t_head(g), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        a = torch.sigmoid(self.a_head(g.mean(dim=(2, 3))))[:, :, None, None]
+        up = F.interpolate(self.up(g), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        r = torch.sigmoid(self.r_head(torch.cat([f, up], 1)))
+        return t.clamp(min=T_MIN), a, r
+
+
+class RemovalNet(nn.Module):
+    """(rainy image, T, A, R) -> clean image: a small U-Net correcting the physical inversion.
+
+    Most blocks run at half resolution (width ``2 * width``) to stay affordable
+    on a CPU; one block at full resolution on each side keeps thin streak edges.
+    """
+
+    def __init__(self, width: int, blocks: int):
+        super().__init__()
+        c = width
+        self.head = nn.Sequential(nn.Conv2d(3 + 3 + 1 + 3, c, 3, padding=1), ResBlock(c))
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.mid = nn.Sequential(*[ResBlock(2 * c) for _ in range(blocks)])
+        self.up = nn.Sequential(nn.Conv2d(2 * c, 4 * c, 1), nn.PixelShuffle(2))
+        self.dec = nn.Sequential(nn.Conv2d(2 * c, c, 1), ResBlock(c))
+        self.tail = nn.Conv2d(c, 3, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+
+    def forward(self, x, t, a, r):
+        j0 = restore(x, t, a, r, t_min=T_MIN).clamp(0, 1)
+        e = self.head(torch.cat([x, j0, t, r], 1))
+        m = self.up(self.mid(self.down(e)))
+        return j0 + self.tail(self.dec(torch.cat([e, m], 1)))
+
+
+class GenerationNet(nn.Module):
+    """(clean image, T, A, R) -> rainy-foggy image: the degradation model plus a learned residual."""
+
+    def __init__(self, width: int, blocks: int):
+        super().__init__()
+        c = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3 + 3 + 1 + 3, c, 3, padding=1), nn.LeakyReLU(0.2, True),
+            *[ResBlock(c) for _ in range(blocks)], nn.Conv2d(c, 3, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, j, t, a, r):
+        i0 = degrade(j, t, a, r)
+        return i0 + 0.2 * torch.tanh(self.body(torch.cat([i0, j, t, r], 1)))
+
+
+class RainFogBundle(nn.ModuleDict):
+    """``{"extractor", "removal", "generator"}``; ``bundle(name, ...)`` dispatches (keeps DDP happy)."""
+
+    def forward(self, which: str, *args):
+        return self[which](*args)
+
+
+def build(config: dict[str, Any]) -> RainFogBundle:
+    return RainFogBundle({
+        "extractor": FeatureExtractor(config["ext_width"], config["local_blocks"], config["global_blocks"], config["attn_tokens"]),
+        "removal": RemovalNet(config["width"], config["blocks"]),
+        "generator": GenerationNet(config["gen_width"], config["gen_blocks"]),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# inference wrappers
+class RainFogRemover(nn.Module):
+    """Derain + defog any H x W: pads to a multiple of 4, runs extractor and removal, crops, clamps."""
+
+    def __init__(self, bundle: RainFogBundle):
+        super().__init__()
+        self.bundle = bundle
+
+    def forward(self, x):
+        xp, (h, w) = pad_to_multiple(x, 4)
+        t, a, r = self.bundle("extractor", xp)
+        return self.bundle("removal", xp, t, a, r)[..., :h, :w].clamp(0, 1)
+
+
+class RainFogRainifier(nn.Module):
+    """Add rain and fog to clean images: procedural rain layer and depth-proxy fog, refined by the generator.
+
+    Deterministic: ``seed`` fixes the streaks; ``fog`` (0..1) and ``rain`` as in ``derain synth``.
+    """
+
+    def __init__(self, bundle: RainFogBundle, seed: int = 0, rain: str = "light", fog: float = 0.4):
+        super().__init__()
+        self.bundle, self.seed, self.rain, self.fog = bundle, seed, rain, fog
+
+    def forward(self, j):
+        b, _, h, w = j.shape
+        rng = np.random.default_rng(self.seed)
+        layers = [render_rain(h, w, rng, self.rain)[0] if self.rain != "none" else np.zeros((h, w), np.float32) for _ in range(b)]
+        r = torch.as_tensor(np.stack(layers), dtype=j.dtype, device=j.device)[:, None].expand(b, 3, h, w)
+        ramp = torch.linspace(1.0, 0.0, h, dtype=j.dtype, device=j.device)[None, None, :, None]
+        lum = F.avg_pool2d(j.mean(1, keepdim=True), 9, stride=1, padding=4, count_include_pad=False)
+        d = (0.5 * ramp + 0.5 * lum).expand(b, 1, h, w)
+        t = torch.exp(-FOG_BETA * self.fog * d).clamp(min=T_MIN)
+        a = torch.full((b, 3, 1, 1), 0.85, dtype=j.dtype, device=j.device)
+        return self.bundle("generator", j, t, a, r).clamp(0, 1)
+
+
+def _derain_net(bundle: RainFogBundle, variant: str = "default") -> nn.Module:
+    return RainFogRemover(bundle)
+
+
+def _rainify_net(bundle: RainFogBundle) -> nn.Module:
+    return RainFogRainifier(bundle)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: one real/fake score per ~22 px receptive field."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        c = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * c, 1, 3, padding=1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def procedural_degradation(clean: torch.Tensor, rng: np.random.Generator):
+    """Degrade a batch of clean crops with procedural rain and fog; returns (image, T, A, R).
+
+    Fog in a crop is a nearly constant transmission with a gentle vertical
+    gradient (a crop spans little depth); rain is light or heavy at random,
+    sometimes absent, so the networks also learn fog-only images (and, when both
+    are absent, to leave clean images alone).
+    """
+    b, _, h, w = clean.shape
+    dev, dt = clean.device, clean.dtype
+    rs = []
+    for _ in range(b):
+        u = rng.random()
+        if u < 0.2:
+            rs.append(np.zeros((h, w), np.float32))
+        else:
+            rs.append(render_rain(h, w, rng, "light" if u < 0.75 else "heavy")[0])
+    r = torch.as_tensor(np.stack(rs), device=dev, dtype=dt)[:, None].expand(b, 3, h, w).contiguous()
+    beta = torch.as_tensor(rng.uniform(0.0, FOG_BETA * 0.9, b), device=dev, dtype=dt)
+    beta = beta * torch.as_tensor(rng.random(b) > 0.25, device=dev, dtype=dt)  # 25% without fog
+    d0 = torch.as_tensor(rng.uniform(0.2, 1.0, b), device=dev, dtype=dt)
+    slope = torch.as_tensor(rng.uniform(0.0, 0.3, b), device=dev, dtype=dt)
+    ramp = torch.linspace(0.5, -0.5, h, device=dev, dtype=dt)[None, None, :, None]
+    d = (d0[:, None, None, None] + slope[:, None, None, None] * ramp).clamp(0, 1).expand(b, 1, h, w)
+    t = torch.exp(-beta[:, None, None, None] * d).clamp(min=T_MIN)
+    a = torch.as_tensor(rng.uniform(0.7, 0.95, (b, 1, 1, 1)) + rng.uniform(-0.03, 0.03, (b, 3, 1, 1)), device=dev, dtype=dt).clamp(0, 1)
+    return degrade(clean, t, a, r).clamp(0, 1), t, a, r
+
+
+class RainFogRecipe(Recipe):
+    """The asymmetric unpaired paths with cycle, adversarial (LSGAN), feature and physics-prior losses."""
+
+    lr = 2e-4
+    betas = (0.5, 0.999)
+
+    def __init__(self, spec, config, mode, lr=None, **options):
+        if mode != "unpaired":
+            raise ValueError(f"rainfog trains on unpaired data only, not {mode!r}")
+        super().__init__(spec, config, mode, lr=lr, **options)
+        self.nets["D_clean"] = PatchDiscriminator(config["disc_width"])
+        self.nets["D_rain"] = PatchDiscriminator(config["disc_width"])
+        self.rng = np.random.default_rng(int(options.get("seed", 0) or 0))
+
+    def param_groups(self) -> dict[str, list]:
+        n = self.nets
+        return {"G": list(n["bundle"].parameters()), "D": list(n["D_clean"].parameters()) + list(n["D_rain"].parameters())}
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        n, cfg = self.nets, self.config
+        B = n["bundle"]
+        device = next(B.parameters()).device
+        rainy = torch.as_tensor(batch["rainy"], device=device)
+        clean = torch.as_tensor(batch["clean"], device=device)
+        rng = np.random.default_rng([int(step), 7919]) if cfg["step_seeded"] else self.rng
+
+        # Rain -> Clean -> Rain
+        t_x, a_x, r_x = B("extractor", rainy)
+        derained = B("removal", rainy, t_x, a_x, r_x)
+        re_rained = B("generator", derained, t_x, a_x, r_x)
+        # The clean batch is split: one half takes the Clean -> Rain -> Clean path with the
+        # features of unrelated rainy images, the other half the procedural physics prior.
+        h = max(1, clean.shape[0] // 2)
+        clean_g, clean_p = clean[:h], clean[h:]
+        fx = (t_x[:h].detach(), a_x[:h].detach(), r_x[:h].detach())
+        rainified = B("generator", clean_g, *fx)
+        t_s, a_s, r_s = B("extractor", rainified)
+        back = B("removal", rainified, t_s, a_s, r_s)
+        if clean_p.shape[0] == 0:
+            clean_p = clean_g
+        proc, t_p, a_p, r_p = procedural_degradation(clean_p, rng)
+        t_q, a_q, r_q = B("extractor", proc)
+        proc_clean = B("removal", proc, t_q, a_q, r_q)
+
+        Dc, Dr = n["D_clean"], n["D_rain"]
+        # discriminators (LSGAN)
+        self.set_requires_grad([Dc, Dr], True)
+        opt_d = self.optimizers["D"]
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = 0.5 * (
+            ((Dc(clean) - 1) ** 2).mean() + (Dc(derained.detach().clamp(0, 1)) ** 2).mean()
+            + ((Dr(rainy[:h]) - 1) ** 2).mean() + (Dr(rainified.detach().clamp(0, 1)) ** 2).mean()
+        )
+        loss_d.backward()
+        opt_d.step()
+
+        self.set_requires_grad([Dc, Dr], False)
+        opt_g = self.optimizers["G"]
+        opt_g.zero_grad(set_to_none=True)
+        terms = {
+            "cyc_rcr": charbonnier(re_rained, rainy) * cfg["w_cycle"],
+            "cyc_crc": charbonnier(back, clean_g) * cfg["w_cycle"],
+            "prior": charbonnier(proc_clean, clean_p) * cfg["w_prior"],
+            # L1 for the smooth maps; squared error for the sparse rain layer (L1's
+            # median would be R = 0 almost everywhere and streaks would never be learned)
+            "feat": (
+                F.l1_loss(t_s, fx[0]) + F.l1_loss(a_s, fx[1]) + cfg["w_rain"] * F.mse_loss(r_s, fx[2])
+                + F.l1_loss(t_q, t_p) + F.l1_loss(a_q, a_p) + cfg["w_rain"] * F.mse_loss(r_q, r_p)
+            ) * cfg["w_feat"],
+            "adv_clean": ((Dc(derained) - 1) ** 2).mean() * cfg["w_adv"],
+            "adv_rain": ((Dr(rainified) - 1) ** 2).mean() * cfg["w_adv"],
+        }
+        loss_g = sum(terms.values())
+        loss_g.backward()
+        opt_g.step()
+        self.set_requires_grad([Dc, Dr], True)
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["G"] = float(loss_g.detach())
+        out["D"] = float(loss_d.detach())
+        return out
+
+
+_LOSS = {"w_cycle": 1.0, "w_prior": 1.0, "w_feat": 0.5, "w_rain": 20.0, "w_adv": 0.05, "step_seeded": True}
+
+PRESETS = {
+    # Full size: wide sub-networks and more attention blocks (needs a GPU to train).
+    "paper": {"ext_width": 48, "local_blocks": 3, "global_blocks": 2, "attn_tokens": 4096, "width": 64, "blocks": 10,
+              "gen_width": 48, "gen_blocks": 4, "disc_width": 64, **_LOSS},
+    # Small enough to train on one CPU thread in about an hour.
+    "cpu": {"ext_width": 12, "local_blocks": 1, "global_blocks": 1, "attn_tokens": 1024, "width": 16, "blocks": 5,
+            "gen_width": 16, "gen_blocks": 1, "disc_width": 16, **_LOSS},
+}
+
+SPEC = ModelSpec(
+    name="rainfog",
+    summary="Unpaired rain-and-fog removal with a physical degradation prior and global/local attention; also adds rain and fog.",
+    paper="Asymmetric unsupervised end-to-end image deraining network with rain-fog priors (rain-fog feature extraction, generation and removal)",
+    presets=PRESETS,
+    default_preset="cpu",
+    build=build,
+    derain_net=_derain_net,
+    modes=("unpaired",),
+    recipe=RainFogRecipe,
+    weights_entry="rainfog",
+    rainify_net=_rainify_net,
+    input_range=(0.0, 1.0),
+    size_multiple=1,
+    tile_safe=False,  # global attention and the image-wide atmospheric light see the whole image
+    tile_margin=64,
+    min_tile=512,
+    bytes_per_pixel=3072.0,
+)
