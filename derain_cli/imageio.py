@@ -101,6 +101,7 @@ def _metadata(data: np.ndarray) -> tuple[int, bytes | None, bytes | None, str | 
     """``(orientation, exif_bytes, icc_bytes, pillow_mode)`` from the file header (Pillow, lazy)."""
     from PIL import Image
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # headers only: no bomb to fear
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
             icc = im.info.get("icc_profile") or None
@@ -112,6 +113,8 @@ def _metadata(data: np.ndarray) -> tuple[int, bytes | None, bytes | None, str | 
             return orientation, exif_bytes, icc, im.mode
     except Exception:  # Pillow cannot parse every file OpenCV decodes; metadata is best effort
         return 1, None, None, None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -256,8 +259,9 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
 
     if suffix == ".png":
         ok, buf = cv2.imencode(".png", planes)
-        data = buf.tobytes() if ok else b""
-        return _png_with_metadata(data, exif, icc) if data else b""
+        if not ok:
+            raise ImageError("OpenCV could not encode a .png image")
+        return _png_with_metadata(buf.tobytes(), exif, icc)
     if suffix in (".bmp",) or (sixteen and suffix in (".tif", ".tiff")):
         ok, buf = cv2.imencode(suffix, planes)
         if not ok:
@@ -271,12 +275,15 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
     if icc:
         kw["icc_profile"] = icc
     out = io.BytesIO()
-    if suffix in (".jpg", ".jpeg"):
-        im.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kw)
-    elif suffix == ".webp":
-        im.save(out, "WEBP", quality=quality, **kw)
-    else:  # 8-bit TIFF
-        im.save(out, "TIFF", compression="tiff_lzw", **kw)
+    try:
+        if suffix in (".jpg", ".jpeg"):
+            im.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kw)
+        elif suffix == ".webp":
+            im.save(out, "WEBP", quality=quality, **kw)
+        else:  # 8-bit TIFF
+            im.save(out, "TIFF", compression="tiff_lzw", **kw)
+    except (OSError, ValueError) as exc:  # e.g. WebP is limited to 16383 pixels a side
+        raise ImageError(f"cannot encode a {photo.rgb.shape[1]}x{photo.rgb.shape[0]} {suffix} image: {exc}") from None
     return out.getvalue()
 
 

@@ -255,3 +255,10 @@ def test_icc_of_another_colour_space_is_dropped(tmp_path):
     out = write_image(tmp_path / "o2.jpg", Photo(rgb=_rgb(), icc=_srgb_icc()))
     with Image.open(out) as im:
         assert im.info["icc_profile"] == _srgb_icc()
+
+
+def test_encoder_limits_are_user_errors(tmp_path):
+    wide = Photo(rgb=np.zeros((2, 17000, 3), np.uint8))
+    with pytest.raises(ImageError, match="cannot encode a 17000x2 .webp"):
+        write_image(tmp_path / "wide.webp", wide)
+    assert list(tmp_path.iterdir()) == []
