@@ -86,8 +86,9 @@ class Derainer:
         self.task, self.variant, self.dtype = task, variant, dtype
         self.meta = meta or {}
         self.notify = notify
-        #: Tile side used by the last :meth:`process` call (0 = whole image).
+        #: Tile side and overlap used by the last :meth:`process` call (tile 0 = whole image).
         self.last_tile = 0
+        self.last_overlap = 0
 
     def __repr__(self) -> str:
         return f"Derainer({self.spec.name!r}, task={self.task!r}, variant={self.variant!r}, device={str(self.device)!r})"
@@ -166,6 +167,7 @@ class Derainer:
         if rgb.dtype not in (np.uint8, np.uint16, np.float32):
             raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {rgb.dtype}")
         tile, overlap = self.plan_tile(rgb.shape[0], rgb.shape[1], tile, tile_overlap)
+        self.last_overlap = overlap
         out, self.last_tile = tiling.run_with_retry(
             self.process_tensor,
             rgb,

@@ -48,11 +48,10 @@ def _load(model, weights, variant, device, half, threads, verbose):
     return derainer
 
 
-def _tile_text(derainer, overlap: Optional[int]) -> str:
+def _tile_text(derainer) -> str:
     if not derainer.last_tile:
         return "whole image"
-    ov = derainer.spec.tile_margin if overlap is None else overlap
-    return f"tile {derainer.last_tile} (overlap {ov})"
+    return f"tile {derainer.last_tile} (overlap {derainer.last_overlap})"
 
 
 def run(
@@ -101,7 +100,7 @@ def run(
             continue
         line = f"{img} -> {target}"
         if verbose:
-            line += f"  [{_tile_text(derainer, tile_overlap)}, {time.perf_counter() - start:.1f} s]"
+            line += f"  [{_tile_text(derainer)}, {time.perf_counter() - start:.1f} s]"
         typer.echo(line)
     if failed:
         raise typer.Exit(1)
@@ -223,7 +222,7 @@ def batch(
                 worked += 1
                 busy += time.perf_counter() - start
                 if verbose:
-                    progress.console.print(f"{rel}: {_tile_text(derainer, tile_overlap)}", highlight=False)
+                    progress.console.print(f"{rel}: {_tile_text(derainer)}", highlight=False)
             progress.update(task, advance=1, worked=worked, busy=busy)
 
     typer.echo(f"derain: {worked} derained, {skipped} skipped, {len(failures)} failed -> {out}", err=True)
