@@ -218,3 +218,21 @@ def test_package_import_is_lazy():
     code = "import sys, derain_cli, derain_cli.cli; print('torch' in sys.modules); print(callable(derain_cli.load_model))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_auto_falls_back_when_cuda_fails_to_initialise(monkeypatch):
+    real_zeros = torch.zeros
+
+    def zeros(*args, device=None, **kw):
+        if device is not None and torch.device(device).type == "cuda":
+            raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+        return real_zeros(*args, device=device, **kw)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "zeros", zeros)
+    lines = []
+    assert devices.resolve_device("auto", notify=lines.append).type == "cpu"
+    assert lines == ["CUDA failed to initialise (CUDA driver version is insufficient for CUDA runtime version); "
+                     "running on the CPU"]
+    with pytest.raises(DerainError, match="failed to initialise"):
+        devices.resolve_device("cuda:0")
