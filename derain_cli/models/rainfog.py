@@ -12,7 +12,7 @@ Three sub-networks share the model ``I = T * (J + R) + (1 - T) * A``
   most ``attn_tokens`` positions so that it stays affordable.
 * :class:`RemovalNet` maps the rainy image to the clean scene. It sees the
   image, the physical inversion ``(I - (1 - T) A) / T - R`` and the priors, and
-  predicts a correction of that inversion.
+  predicts where to trust that inversion plus a correction.
 * :class:`GenerationNet` turns a clean image plus (T, A, R) into a rainy-foggy
   one: the degradation model followed by a small learned residual.
 
@@ -133,10 +133,15 @@ class FeatureExtractor(nn.Module):
 
 
 class RemovalNet(nn.Module):
-    """(rainy image, T, A, R) -> clean image: a small U-Net correcting the physical inversion.
+    """(rainy image, T, A, R) -> clean image: a small U-Net blending the image with its physical inversion.
 
-    Most blocks run at half resolution (width ``2 * width``) to stay affordable
-    on a CPU; one block at full resolution on each side keeps thin streak edges.
+    The output is ``x + g * (J0 - x) + residual`` where ``J0`` inverts the
+    degradation model with the extracted priors and the gate ``g`` says where
+    that inversion can be trusted. It starts as the identity (``g`` near 0,
+    residual 0), so a half-trained model never makes a clear image worse by
+    much. Most blocks run at half resolution (width ``2 * width``) to stay
+    affordable on a CPU; one block at full resolution on each side keeps thin
+    streak edges.
     """
 
     def __init__(self, width: int, blocks: int):
@@ -147,15 +152,18 @@ class RemovalNet(nn.Module):
         self.mid = nn.Sequential(*[ResBlock(2 * c) for _ in range(blocks)])
         self.up = nn.Sequential(nn.Conv2d(2 * c, 4 * c, 1), nn.PixelShuffle(2))
         self.dec = nn.Sequential(nn.Conv2d(2 * c, c, 1), ResBlock(c))
-        self.tail = nn.Conv2d(c, 3, 3, padding=1)
+        self.tail = nn.Conv2d(c, 3 + 1, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
+        with torch.no_grad():
+            self.tail.bias[3] = -3.0  # gate starts near 0.05
 
     def forward(self, x, t, a, r):
         j0 = restore(x, t, a, r, t_min=T_MIN).clamp(0, 1)
         e = self.head(torch.cat([x, j0, t, r], 1))
         m = self.up(self.mid(self.down(e)))
-        return j0 + self.tail(self.dec(torch.cat([e, m], 1)))
+        residual, gate = self.tail(self.dec(torch.cat([e, m], 1))).split([3, 1], dim=1)
+        return x + torch.sigmoid(gate) * (j0 - x) + residual
 
 
 class GenerationNet(nn.Module):
