@@ -254,7 +254,7 @@ def train(opts: TrainOptions) -> TrainResult:
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if opts.bf16
                 else _NullContext())
-    start_time = time.monotonic()
+    start_time, start_step = time.monotonic(), step
     stopped = "done"
     losses: dict[str, float] = {}
     progress = _make_progress(opts.progress and is_main)
@@ -281,6 +281,9 @@ def train(opts: TrainOptions) -> TrainResult:
                          "lr": lr, "steps_per_s": round(sps, 3)})
                     terms = " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
                     progress.update(task, completed=step, terms=f"{terms} | {sps:.2f} it/s")
+                if opts.max_minutes is not None and step % opts.log_every == 0:
+                    total = _fit_schedule_to_budget(recipe, progress, task, total, step, start_step,
+                                                    time.monotonic() - start_time, opts.max_minutes)
                 if val_pairs is not None and is_main and (step % opts.val_every == 0 or step == total):
                     score = validate(spec, ema if ema is not None else recipe.bundle,
                                      recipe.val_variant, val_pairs, device)
@@ -307,6 +310,26 @@ def train(opts: TrainOptions) -> TrainResult:
     return TrainResult(step=step, losses={k: float(v) for k, v in losses.items()}, best_psnr=best,
                        export=Path(opts.export) if opts.export else out / "model.safetensors",
                        stopped=stopped)
+
+
+def _fit_schedule_to_budget(recipe, progress, task, total: int, step: int, start_step: int,
+                            elapsed: float, max_minutes: float) -> int:
+    """Shrink the planned step count to what the time budget can reach at the measured speed.
+
+    The learning-rate schedule reads ``recipe.total_steps``, so a run that is slower than
+    planned (a shared machine) still anneals fully before its budget ends instead of
+    stopping at a high learning rate. The plan only ever shrinks, and it is saved in the
+    checkpoint, so a resumed run continues the same schedule.
+    """
+    done = step - start_step
+    if done < 50 or elapsed <= 0:
+        return total
+    reachable = step + int(done / elapsed * (max_minutes * 60 - elapsed) * 0.97)
+    if reachable < total:
+        total = max(step + 1, reachable)
+        recipe.total_steps = total
+        progress.update(task, total=total)
+    return total
 
 
 class _NullContext:
