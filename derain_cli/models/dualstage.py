@@ -51,13 +51,16 @@ def line_offsets(length: int, angle_deg: float) -> list[tuple[int, int]]:
 
 def rain_mask(rgb: torch.Tensor, *, tophat: int = 5, line: int = 7,
               angles: tuple[float, ...] = (60.0, 75.0, 90.0, 105.0, 120.0),
-              threshold: float = 0.03, softness: float = 0.01) -> torch.Tensor:
+              threshold: float = 0.03, softness: float = 0.01, tolerance: int = 1) -> torch.Tensor:
     """Soft rain-streak mask in [0, 1] (B x 1 x H x W) from morphology on the luminance.
 
     White top-hat (Y minus its opening by a ``tophat`` square, as min/max-pooling)
     keeps bright structures thinner than the square; a step edge survives the opening
     and so gives no response. The top-hat is then opened along ``line``-long segments
     at rain-like orientations and the maximum taken: only elongated structures remain.
+    A one-pixel-wide streak is a staircase on the pixel grid, so the segments are fitted
+    inside the top-hat dilated by ``tolerance`` pixels, and the result is capped by the
+    undilated top-hat so the mask stays as thin as the streak.
     """
     y = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
     p = tophat // 2
@@ -66,12 +69,14 @@ def rain_mask(rgb: torch.Tensor, *, tophat: int = 5, line: int = 7,
     erp = F.pad(eroded, (p, p, p, p), mode="replicate")
     opened = F.max_pool2d(erp, tophat, stride=1)
     th = (y - opened).clamp_min(0)
+    loose = F.max_pool2d(th, 2 * tolerance + 1, stride=1, padding=tolerance) if tolerance else th
     best = torch.zeros_like(th)
     for ang in angles:
         offs = line_offsets(line, ang)
-        ero = torch.stack([_shift(th, dy, dx) for dy, dx in offs]).amin(0)
+        ero = torch.stack([_shift(loose, dy, dx) for dy, dx in offs]).amin(0)
         dil = torch.stack([_shift(ero, -dy, -dx) for dy, dx in offs]).amax(0)
         best = torch.maximum(best, dil)
+    best = torch.minimum(best, th)
     return torch.sigmoid((best - threshold) / softness)
 
 
@@ -236,7 +241,7 @@ class DualStageNet(nn.Module):
     def mask(self, x):
         c = self.cfg
         return rain_mask(x, tophat=c["tophat"], line=c["line"], threshold=c["mask_threshold"],
-                         softness=c["mask_softness"])
+                         softness=c["mask_softness"], tolerance=c["mask_tolerance"])
 
     def forward_stages(self, x):
         xp, (h, w) = pad_to_multiple(x, self.multiple)
@@ -252,10 +257,10 @@ class DualStageNet(nn.Module):
 PRESETS = {
     # Trains on a 2-core CPU: attention only at half resolution, narrow widths.
     "cpu": dict(channels=16, stage1_width=32, stage1_blocks=3, dim=64, depth=4, heads=2, window=8, clusters=4,
-                kmeans_iters=3, tophat=5, line=7, mask_threshold=0.03, mask_softness=0.01),
+                kmeans_iters=3, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1),
     # Paper-scale for GPU users.
     "paper": dict(channels=32, stage1_width=64, stage1_blocks=8, dim=128, depth=8, heads=4, window=8, clusters=8,
-                  kmeans_iters=5, tophat=5, line=7, mask_threshold=0.03, mask_softness=0.01),
+                  kmeans_iters=5, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1),
 }
 
 

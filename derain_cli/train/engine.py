@@ -260,6 +260,7 @@ def train(opts: TrainOptions) -> TrainResult:
     progress = _make_progress(opts.progress and is_main)
     task = progress.add_task(f"{spec.name} ({opts.mode})", total=total, completed=step, terms="")
     last_t, last_step = time.monotonic(), step
+    restore_signals = _stop_on_signals()
     try:
         with progress:
             while step < total:
@@ -298,6 +299,8 @@ def train(opts: TrainOptions) -> TrainResult:
                     break
     except KeyboardInterrupt:
         stopped = "interrupted"
+    finally:
+        restore_signals()
     checkpoint()
     if is_main:
         export(out / "model.safetensors")
@@ -330,6 +333,26 @@ def _fit_schedule_to_budget(recipe, progress, task, total: int, step: int, start
         recipe.total_steps = total
         progress.update(task, total=total)
     return total
+
+
+def _stop_on_signals():
+    """Make Ctrl-C and SIGTERM end training with a checkpoint.
+
+    A job started with ``nohup ... &`` inherits an ignored SIGINT, and ``kill`` sends
+    SIGTERM: both would otherwise lose everything since the last periodic save.
+    Returns a function that restores the previous handlers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
 
 class _NullContext:
