@@ -118,3 +118,23 @@ def test_rainify_refuses_model_without_rain_generator(tmp_path, tiny_pairs):
     assert isinstance(result.exception, DerainError)
     assert "rain generator" in str(result.exception)
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_weights_load_and_stay_close_to_the_input():
+    """The bundled file loads through the registry (sha256-checked) and both directions run.
+
+    The shipped CPU run has not learned to derain yet (Rain100L 26.59 dB vs 26.90
+    input, see weights.toml), so this checks sanity, not improvement: the output
+    must stay within 1.5 dB of the input's PSNR; broken weights fall far below.
+    """
+    from conftest import make_rainy_pair
+
+    from derain_cli.api import load_model
+    from derain_cli.metrics import psnr_y
+
+    assert SHIPPED.is_file()
+    rainy, clean = make_rainy_pair(64, 80, seed=3)
+    derain = load_model("dcdgan", device="cpu")
+    assert psnr_y(derain.process(rainy), clean) > psnr_y(rainy, clean) - 1.5
+    rainify = load_model("dcdgan", device="cpu", task="rainify")
+    assert psnr_y(rainify.process(clean), clean) > 25.0
