@@ -77,9 +77,19 @@ class SemiMSN(nn.Module):
     def features(self, x):
         return self.matching(self.transform_in(x))
 
-    def forward(self, x):
+    def forward(self, x, real=None):
+        """Derain ``x``; with ``real`` (same size) also return the matched features of both.
+
+        Training goes through ``forward`` (not ``features``) so that under DDP the
+        gradients of every term are all-reduced across ranks.
+        """
         xp, (h, w) = pad_to_multiple(x, self.multiple)
-        return self.derain_features(xp, self.features(xp))[..., :h, :w]
+        if real is None:
+            return self.derain_features(xp, self.features(xp))[..., :h, :w]
+        rp, _ = pad_to_multiple(real, self.multiple)
+        both = self.features(torch.cat([xp, rp], 0))
+        fs, fr = both[: xp.shape[0]], both[xp.shape[0]:]
+        return self.derain_features(xp, fs)[..., :h, :w], fs, fr
 
     def derain_features(self, x, f):
         outs = [f]
@@ -111,19 +121,17 @@ class SemiMSNRecipe(Recipe):
     lr = 5e-4
 
     def train_step(self, batch, step):
-        net = self.nets["bundle"]
+        net = self.nets["bundle"]  # called directly, so a DDP wrapper syncs the gradients
         model = net.module if hasattr(net, "module") else net
         rainy, clean = batch["rainy"], batch["clean"]
         terms = {}
         if self.mode == "semi":
-            both = model.features(torch.cat([rainy, batch["real"]], 0))
-            fs, fr = both[: rainy.shape[0]], both[rainy.shape[0]:]
+            out, fs, fr = net(rainy, batch["real"])
             match = matching_loss(fs, fr)
             terms["match"] = match
         else:
-            fs = model.features(rainy)
+            out = net(rainy)
             match = 0.0
-        out = model.derain_features(rainy, fs)
         rec = charbonnier(out.float(), clean)
         loss = rec + self.config["match_weight"] * match
         terms = {"loss": loss, "rec": rec, **terms}
