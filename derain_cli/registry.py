@@ -14,8 +14,9 @@ from typing import Any, Callable
 #: Registered architectures, in the order ``derain models`` lists them.
 MODEL_NAMES: tuple[str, ...] = ("dualstage", "semimsn", "dcdgan", "jrgr", "rainfog")
 
-#: The model ``derain run`` uses when none is named.
-DEFAULT_MODEL = "dualstage"
+
+#: The best shipped model by measured Rain100L PSNR (see weights.toml); update when weights change.
+DEFAULT_MODEL = "semimsn"
 
 TRAIN_MODES = ("paired", "unpaired", "semi")
 
