@@ -232,8 +232,9 @@ def test_real_ctrl_c_leaves_no_partial_file(tmp_path):
     spec = make_spec()
     weights = save_random_weights(spec, tmp_path / "tiny.safetensors")
     src, out = tmp_path / "in", tmp_path / "out"
-    for i in range(40):
-        _png(src / f"{i:02d}.png", i, 320, 320)
+    # Enough work that the batch is still running when the signal lands, even on an idle machine.
+    for i in range(80):
+        _png(src / f"{i:02d}.png", i, 640, 640)
     script = _CHILD.format(tests=str(Path(__file__).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -251,7 +252,7 @@ def test_real_ctrl_c_leaves_no_partial_file(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert 0 < len(names) < 40 and all(not n.startswith(".") for n in names)
     for n in names:  # every file that exists is a complete image
-        assert read_image(out / n).rgb.shape == (320, 320, 3)
+        assert read_image(out / n).rgb.shape == (640, 640, 3)
 
 
 def test_python_api_derain_file(tmp_path):
