@@ -16,7 +16,7 @@ MODEL_NAMES: tuple[str, ...] = ("dualstage", "semimsn", "dcdgan", "jrgr", "rainf
 
 
 #: The best shipped model by measured Rain100L PSNR (see weights.toml); update when weights change.
-DEFAULT_MODEL = "semimsn"
+DEFAULT_MODEL = "jrgr"
 
 TRAIN_MODES = ("paired", "unpaired", "semi")
 
