@@ -24,6 +24,7 @@ import numpy as np
 from . import metrics
 from .datasets import Dataset, Pair, pair_by_stem
 from .errors import DerainError, ImageError
+from .imageio import write_png  # noqa: F401 (one implementation, in imageio)
 from .weightfile import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
@@ -60,19 +61,6 @@ def read_for_scoring(path: str | os.PathLike) -> np.ndarray:
     if img.ndim == 3:
         img = img[:, :, 2::-1] if img.shape[2] >= 3 else img[:, :, 0]
     return np.ascontiguousarray(img)
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG atomically (temp file beside it, then rename)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    if not ok:
-        raise ImageError(f"cannot encode {path}")
-    try:
-        atomic_write_bytes(path, buf.tobytes())
-    except OSError as exc:
-        raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # -- results ---------------------------------------------------------------------------

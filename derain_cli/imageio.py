@@ -334,3 +334,20 @@ def side_by_side(before: Photo, after: Photo) -> Photo:
     if before.alpha is not None:
         alpha = np.concatenate([before.alpha, after.alpha if after.alpha is not None else before.alpha], axis=1)
     return replace(after, rgb=rgb, alpha=alpha)
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    """Write RGB (uint8, or float in [0, 1]) as an 8-bit PNG atomically: datasets, bench outputs."""
+    import cv2
+
+    from .weightfile import atomic_write_bytes
+
+    if rgb.dtype != np.uint8:
+        rgb = (np.clip(rgb, 0, 1) * 255.0).round().astype(np.uint8)
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise ImageError(f"cannot encode {path}")
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as exc:
+        raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import DerainError, ImageError
 from .imageio import read_rgb8
 from .synth import image_seed, parse_fog, synthesize
+from .imageio import write_png  # noqa: F401 (one implementation, in imageio)
 from .weightfile import atomic_write_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -31,20 +32,6 @@ def list_images(folder: Path) -> list[Path]:
     if not files:
         raise DerainError(f"no images in {folder}")
     return files
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    if rgb.dtype != np.uint8:
-        rgb = (np.clip(rgb, 0, 1) * 255.0).round().astype(np.uint8)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    if not ok:
-        raise ImageError(f"cannot encode {path}")
-    try:
-        atomic_write_bytes(path, buf.tobytes())
-    except OSError as exc:
-        raise ImageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _check_out(out: Path, *inputs: Path) -> None:
