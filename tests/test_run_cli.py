@@ -13,19 +13,9 @@ from derain_cli import cli
 from derain_cli.api import Derainer
 from derain_cli.imageio import read_image
 from tiny_spec import install, make_spec, save_random_weights
+from clirun import derain  # noqa: E402
 
 
-def derain(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``derain ARGS`` like the console script; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["derain", *map(str, args)])
-    cli.state["debug"] = False
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from derain_cli import cli
 from derain_cli.train import engine
 from derain_cli.train.data import PatchSampler
 from derain_cli.train.engine import TrainOptions
+from clirun import derain  # noqa: E402
 
 SEMIMSN_TINY = dict(channels=4, units=1, cclb_depth=1)
 DUALSTAGE_TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2)
@@ -70,17 +71,6 @@ def _assert_same(a: dict, b: dict, atol: float = 2e-3) -> None:
     assert worst <= atol, f"weights differ by up to {worst}"
 
 
-def derain(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run ``derain ARGS`` through the real console entry point; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["derain", *map(str, args)])
-    cli.state["debug"] = False
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- 1. every mode learns ------------------------------------------------------------------
