@@ -278,11 +278,7 @@ class DualStageRecipe(Recipe):
         l2 = charbonnier(final.float(), clean)
         le = edge_loss(final.float(), clean)
         loss = 0.5 * l1 + l2 + 0.05 * le
-        opt = self.optimizers["main"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.nets["bundle"].parameters(), 1.0)
-        opt.step()
+        self.optimize(loss)
         return {"loss": loss.detach(), "coarse": l1.detach(), "final": l2.detach()}
 
 

@@ -135,11 +135,7 @@ class SemiMSNRecipe(Recipe):
         rec = charbonnier(out.float(), clean)
         loss = rec + self.config["match_weight"] * match
         terms = {"loss": loss, "rec": rec, **terms}
-        opt = self.optimizers["main"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        self.optimize(loss)
         return {k: v.detach() for k, v in terms.items()}
 
 

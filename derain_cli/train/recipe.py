@@ -74,6 +74,17 @@ class Recipe:
         """Forward, backward and optimizer steps for one batch; returns named loss terms."""
         raise NotImplementedError
 
+    def optimize(self, loss, name: str = "main", clip: float | None = 1.0) -> None:
+        """One optimizer update: clear grads, backward, clip the grad norm, step."""
+        import torch
+
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+        opt.step()
+
     def end_step(self) -> None:
         for s in self.schedulers.values():
             s.step()
