@@ -315,3 +315,38 @@ def test_published_figures_have_sources_and_cover_every_architecture():
     h = {r["method"]: r for r in evaluate.published_figures("rain100h")}
     assert (h["PReNet"]["psnr"], h["PReNet"]["ssim"]) == (29.46, 0.899)
 
+
+
+def test_bench_and_eval_measure_the_chosen_variant(tiny_pairs, monkeypatch, capsys, tmp_path):
+    # jrgr's two removers start from different random weights here, so their figures must differ
+    import torch
+
+    from derain_cli.registry import get_spec
+    from derain_cli.weightfile import save_weights
+
+    torch.manual_seed(1)
+    spec = get_spec("jrgr")
+    config = spec.config(unet_ngf=4, unet_downs=2, trans_ngf=4, trans_blocks=1, disc_ndf=4)
+    weights = tmp_path / "jrgr_tiny.safetensors"
+    save_weights(weights, spec.build(config).state_dict(), architecture="jrgr", config=config)
+    figures = {}
+    for variant in ("synthetic", "real"):
+        jpath = tmp_path / f"{variant}.json"
+        code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", "jrgr", "--weights", weights,
+                                 "--variant", variant, "--device", "cpu", "--threads", "1", "--limit", "2",
+                                 "--json", jpath)
+        assert code == 0, err
+        (r,) = json.loads(jpath.read_text())["results"]
+        assert r["model"] == f"jrgr:{variant}" and f"jrgr:{variant}" in out
+        figures[variant] = r["psnr_y"]
+        code, out, err = run_cli(monkeypatch, capsys, "eval", "--model", "jrgr", "--weights", weights,
+                                 "--variant", variant, "--device", "cpu", "--threads", "1",
+                                 tiny_pairs / "rainy", tiny_pairs / "clean")
+        assert code == 0, err
+    assert figures["synthetic"] != figures["real"]
+    line = _one_line_error(*run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", "jrgr", "--weights",
+                                    weights, "--variant", "nope", "--device", "cpu")[::2])
+    assert "no variant 'nope'" in line
+    line = _one_line_error(*run_cli(monkeypatch, capsys, "eval", "--variant", "real",
+                                    tiny_pairs / "rainy", tiny_pairs / "clean")[::2])
+    assert "--variant" in line and "only apply with --model" in line

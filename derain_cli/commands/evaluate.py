@@ -44,6 +44,7 @@ def eval_command(
     gt_dir: Path = typer.Argument(..., help="Clean references; files pair with FIRST_DIR by file stem (a _derained suffix is ignored)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Derain FIRST_DIR with this model first."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file for --model (default: the registered one)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant, e.g. jrgr's 'synthetic' remover (see derain models)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Per-image figures to FILE.csv or FILE.json."),
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Keep the derained outputs here (with --model)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (with --model)."),
@@ -62,7 +63,8 @@ def eval_command(
     console = Console(stderr=True)
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
-                                 ("--tile", tile)) if v is not None]
+                                 ("--tile", tile), ("--variant", variant))
+                  if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
         if report is not None and report.suffix.lower() not in (".csv", ".json"):
@@ -75,11 +77,11 @@ def eval_command(
         if report is not None and report.suffix.lower() not in (".csv", ".json"):
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
-        derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads)
+        derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
-        info = {"model": model, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
+        info = {"model": model, "variant": derainer.variant, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
                 "references": str(gt_dir), "device": ev.device_of(derainer)}
     mean = result.mean
     out = _stdout_console()
@@ -97,6 +99,7 @@ def bench_command(
     dataset: str = typer.Argument(..., help="Registered dataset (rain100l, rain100h, rain12, rain100l-fog) or a folder with rainy/ and clean/."),
     model: str = typer.Option("all", "--model", "-m", help="Model name, or 'all' for every model whose weights are available."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file (only with a single --model)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Model variant, e.g. jrgr's 'synthetic' remover (see derain models)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Where the dataset is (overrides $DERAIN_DATA and the hub)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write all figures and per-image rows to this JSON file."),
     save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Keep the derained outputs in DIR/<model>/."),
@@ -124,8 +127,8 @@ def bench_command(
     ds = resolve_dataset(dataset, data=data)
     n_pairs = len(ds.pairs())
     if model == "all":
-        if weights is not None:
-            raise DerainError("--weights needs a single --model, not 'all'")
+        if weights is not None or variant is not None:
+            raise DerainError("--weights and --variant need a single --model, not 'all'")
         names = ev.available_models()
         if not names:
             raise DerainError("no registered model has weights available; pass --model NAME --weights FILE")
@@ -146,7 +149,7 @@ def bench_command(
         with bar:
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile, limit=limit,
-                save_dir=(save_dir / name) if save_dir else None, progress=update,
+                save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
             ))
 
     table = Table(title=f"derain bench {ds.name} ({results[0].images} images, Y channel)")
