@@ -140,7 +140,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_errors_are_one_line(tiny_pairs: Path, tmp_path: Path):
     cases = [
         (str(tmp_path / "missing"), "-o", str(tmp_path / "o")),
-        (str(tiny_pairs / "clean"), "-o", str(tmp_path / "o"), "--rain", "drizzle"),
+        (str(tiny_pairs / "clean"), "-o", str(tmp_path / "o"), "--rain", "monsoon"),
         (str(tiny_pairs / "clean"), "-o", str(tmp_path / "o"), "--fog", "1.5"),
         ("--eval-set", "nope", "-o", str(tmp_path / "o")),
         ("--eval-set", "rain100l-fog", "-o", str(tmp_path / "o"), "--data", str(tiny_pairs / "clean")),

@@ -275,26 +275,32 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def procedural_degradation(clean: torch.Tensor, rng: np.random.Generator):
+#: The procedural prior of the first shipped weights: 3x denser rain than Rain100L, so the
+#: extractor learned a rain layer everywhere and darkened fog-free images.
+LEGACY_PRIOR_RAIN = {"none": 0.2, "light": 0.55, "heavy": 0.25}
+
+
+def procedural_degradation(clean: torch.Tensor, rng: np.random.Generator,
+                           rain_mix: dict[str, float] | None = None, fog_free: float = 0.25):
     """Degrade a batch of clean crops with procedural rain and fog; returns (image, T, A, R).
 
     Fog in a crop is a nearly constant transmission with a gentle vertical
-    gradient (a crop spans little depth); rain is light or heavy at random,
-    sometimes absent, so the networks also learn fog-only images (and, when both
-    are absent, to leave clean images alone).
+    gradient (a crop spans little depth); rain is drawn from ``rain_mix``
+    (preset -> probability, ``"none"`` included) and fog is absent with
+    probability ``fog_free``, so the networks also learn rain-only and fog-only
+    images (and, when both are absent, to leave clean images alone).
     """
     b, _, h, w = clean.shape
     dev, dt = clean.device, clean.dtype
+    kinds, probs = zip(*(rain_mix or LEGACY_PRIOR_RAIN).items())
+    probs = np.asarray(probs, np.float64) / sum(probs)
     rs = []
     for _ in range(b):
-        u = rng.random()
-        if u < 0.2:
-            rs.append(np.zeros((h, w), np.float32))
-        else:
-            rs.append(render_rain(h, w, rng, "light" if u < 0.75 else "heavy")[0])
+        kind = kinds[int(rng.choice(len(kinds), p=probs))]
+        rs.append(np.zeros((h, w), np.float32) if kind == "none" else render_rain(h, w, rng, kind)[0])
     r = torch.as_tensor(np.stack(rs), device=dev, dtype=dt)[:, None].expand(b, 3, h, w).contiguous()
     beta = torch.as_tensor(rng.uniform(0.0, FOG_BETA * 0.9, b), device=dev, dtype=dt)
-    beta = beta * torch.as_tensor(rng.random(b) > 0.25, device=dev, dtype=dt)  # 25% without fog
+    beta = beta * torch.as_tensor(rng.random(b) >= fog_free, device=dev, dtype=dt)
     d0 = torch.as_tensor(rng.uniform(0.2, 1.0, b), device=dev, dtype=dt)
     slope = torch.as_tensor(rng.uniform(0.0, 0.3, b), device=dev, dtype=dt)
     ramp = torch.linspace(0.5, -0.5, h, device=dev, dtype=dt)[None, None, :, None]
@@ -344,7 +350,8 @@ class RainFogRecipe(Recipe):
         back = B("removal", rainified, t_s, a_s, r_s)
         if clean_p.shape[0] == 0:
             clean_p = clean_g
-        proc, t_p, a_p, r_p = procedural_degradation(clean_p, rng)
+        proc, t_p, a_p, r_p = procedural_degradation(
+            clean_p, rng, cfg.get("prior_rain", LEGACY_PRIOR_RAIN), cfg.get("prior_fog_free", 0.25))
         t_q, a_q, r_q = B("extractor", proc)
         proc_clean = B("removal", proc, t_q, a_q, r_q)
 
@@ -386,7 +393,9 @@ class RainFogRecipe(Recipe):
         return out
 
 
-_LOSS = {"w_cycle": 1.0, "w_prior": 1.0, "w_feat": 0.5, "w_rain": 5.0, "w_adv": 0.05, "step_seeded": True}
+_LOSS = {"w_cycle": 1.0, "w_prior": 1.0, "w_feat": 0.5, "w_rain": 5.0, "w_adv": 0.05, "step_seeded": True,
+         # the procedural prior: rain preset -> probability, and the share of fog-free crops
+         "prior_rain": {"none": 0.15, "drizzle": 0.4, "light": 0.3, "heavy": 0.15}, "prior_fog_free": 0.35}
 
 PRESETS = {
     # Full size: wide sub-networks and more attention blocks (needs a GPU to train).
