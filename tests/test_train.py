@@ -136,6 +136,33 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_pairs, monkeyp
     assert _log(part.out)[-1]["step"] == 6
 
 
+def test_sigterm_stops_after_the_step_and_resumes_exactly(tiny_pairs, monkeypatch):
+    import signal
+
+    full = _opts(tiny_pairs, out=tiny_pairs / "full", steps=6)
+    engine.train(full)
+
+    calls = {"n": 0}
+    real_next = PatchSampler.next_batch
+
+    def kill_during_step_3(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` on a background run
+        return real_next(self)
+
+    monkeypatch.setattr(PatchSampler, "next_batch", kill_during_step_3)
+    part = _opts(tiny_pairs, out=tiny_pairs / "part", steps=6)
+    first = engine.train(part)
+    assert first.stopped == "interrupted" and first.step == 3  # step 3 was finished, not thrown away
+    assert signal.getsignal(signal.SIGTERM) is not None and calls["n"] == 3
+    monkeypatch.setattr(PatchSampler, "next_batch", real_next)
+
+    second = engine.train(_opts(tiny_pairs, out=tiny_pairs / "part", steps=6, resume=tiny_pairs / "part"))
+    assert second.step == 6 and second.stopped == "done"
+    _assert_same(_weights(part.out / "model.safetensors"), _weights(full.out / "model.safetensors"))
+
+
 # -- 3. exports work in the inference CLI ---------------------------------------------------------
 
 def test_export_loads_in_derain_run_and_derain_export(tiny_pairs, monkeypatch, capsys):
@@ -216,6 +243,9 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_pairs):
     fresh = init.build(init.config(None, **SEMIMSN_TINY)).state_dict()
     assert any(not torch.equal(fresh[k], r0[k]) for k in r0 if fresh[k].is_floating_point())
     assert len(_log(tiny_pairs / "run")) == 4  # only rank 0 writes the log
+    # the checkpoint keeps each rank's own sampler position, so a resumed DDP run is exact
+    saved = json.loads((tiny_pairs / "run" / "last" / "state.json").read_text())["extra"]["sampler"]
+    assert isinstance(saved, list) and len(saved) == 2 and saved[0] != saved[1]
 
 
 # -- 5. bad input: one clear line before training ---------------------------------------------

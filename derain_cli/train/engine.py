@@ -236,10 +236,27 @@ def train(opts: TrainOptions) -> TrainResult:
             "command": opts.command, "recipe_options": opts.recipe_options,
         }
 
-    def checkpoint(name: str = "last") -> None:
+    def checkpoint(name: str = "last", collective: bool = True) -> None:
+        extra = extra_state()
+        if distributed and collective:  # every rank's own sampler position, so a resume is exact
+            import torch.distributed as dist
+
+            states: list[Any] = [None] * world
+            dist.all_gather_object(states, extra["sampler"])
+            extra["sampler"] = states
         if is_main:
             save_checkpoint(out / name, nets=raw_nets, optimizers=recipe.optimizers,
-                            schedulers=recipe.schedulers, ema=ema, extra=extra_state())
+                            schedulers=recipe.schedulers, ema=ema, extra=extra)
+
+    def agreed(stop: bool) -> bool:
+        """Whether any rank wants to stop: ranks must leave the loop at the same step or DDP hangs."""
+        if not distributed:
+            return stop
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def export(path: Path) -> None:
         source = ema if ema is not None else recipe.bundle
@@ -260,7 +277,9 @@ def train(opts: TrainOptions) -> TrainResult:
     progress = _make_progress(opts.progress and is_main)
     task = progress.add_task(f"{spec.name} ({opts.mode})", total=total, completed=step, terms="")
     last_t, last_step = time.monotonic(), step
-    restore_signals = _stop_on_signals()
+    signalled: dict[str, bool] = {}
+    restore_signals = _stop_on_signals(signalled)
+    collective = True
     try:
         with progress:
             while step < total:
@@ -294,14 +313,15 @@ def train(opts: TrainOptions) -> TrainResult:
                         export(out / "best.safetensors")
                 if step % opts.save_every == 0 and step < total:
                     checkpoint()
-                if opts.max_minutes is not None and (time.monotonic() - start_time) / 60 >= opts.max_minutes:
-                    stopped = "time budget"
+                over_budget = opts.max_minutes is not None and (time.monotonic() - start_time) / 60 >= opts.max_minutes
+                if agreed(over_budget or bool(signalled)) and step < total:
+                    stopped = "interrupted" if agreed(bool(signalled)) else "time budget"
                     break
-    except KeyboardInterrupt:
-        stopped = "interrupted"
+    except KeyboardInterrupt:  # a second signal, or Ctrl-C inside a step: ranks may disagree
+        stopped, collective = "interrupted", False
     finally:
         restore_signals()
-    checkpoint()
+    checkpoint(collective=collective)
     if is_main:
         export(out / "model.safetensors")
         if opts.export is not None:
@@ -335,11 +355,13 @@ def _fit_schedule_to_budget(recipe, progress, task, total: int, step: int, start
     return total
 
 
-def _stop_on_signals():
+def _stop_on_signals(signalled: dict[str, bool]):
     """Make Ctrl-C and SIGTERM end training with a checkpoint.
 
     A job started with ``nohup ... &`` inherits an ignored SIGINT, and ``kill`` sends
     SIGTERM: both would otherwise lose everything since the last periodic save.
+    The first signal sets ``signalled`` and training stops after the current step
+    (all DDP ranks at the same one); a second one interrupts at once.
     Returns a function that restores the previous handlers.
     """
     import signal
@@ -349,7 +371,9 @@ def _stop_on_signals():
         return lambda: None
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        if signalled:
+            raise KeyboardInterrupt
+        signalled["signal"] = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
