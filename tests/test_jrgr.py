@@ -143,3 +143,16 @@ def test_shipped_weights_load_and_raise_psnr(variant):
 
     before, after = psnr_gain_on_crops("jrgr", variant=variant)
     assert after > before + 1.0, (variant, before, after)
+
+
+def test_logged_learning_rate_follows_the_active_stage():
+    # stage 2 must not log the idle stage-1 optimizer's (annealed) rate
+    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "semi", lr=1e-3)
+    recipe.setup(400)
+    assert recipe.switch_step == 200
+    for step in range(260):
+        if step in (100, 250):
+            active = recipe.optimizers["g1"] if step < 200 else recipe.optimizers["g"]
+            expected = active.param_groups[0 if step < 200 else 2]["lr"]
+            assert recipe.current_lr(step) == expected > 1e-4, step
+        recipe.end_step()

@@ -382,6 +382,12 @@ class JRGRRecipe(Recipe):
         for name, fn in (("g1", stage1), ("g", stage2), ("d", stage2)):
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[name], fn)
 
+    def current_lr(self, step: int) -> float:
+        """Stage 1: G1's rate; stage 2: the translators' (full) rate, G1 and G3 run at fixed fractions of it."""
+        if self.stage_at(step) == 1:
+            return self.optimizers["g1"].param_groups[0]["lr"]
+        return self.optimizers["g"].param_groups[2]["lr"]
+
     def end_step(self) -> None:
         # every schedule advances every step (so resumed runs stay aligned), even the idle stage's
         with warnings.catch_warnings():

@@ -296,7 +296,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     now = time.monotonic()
                     sps = (step - last_step) / max(1e-9, now - last_t)
                     last_t, last_step = now, step
-                    lr = next(iter(recipe.optimizers.values())).param_groups[0]["lr"]
+                    lr = recipe.current_lr(step - 1)
                     log({"step": step, **{k: round(float(v), 6) for k, v in losses.items()},
                          "lr": lr, "steps_per_s": round(sps, 3)})
                     terms = " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())

@@ -85,6 +85,10 @@ class Recipe:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         opt.step()
 
+    def current_lr(self, step: int) -> float:
+        """The learning rate to log at ``step``: the first optimizer's (recipes with phases override it)."""
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
     def end_step(self) -> None:
         for s in self.schedulers.values():
             s.step()
