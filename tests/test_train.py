@@ -308,3 +308,15 @@ def test_missing_pair_partner_lists_the_stems(tiny_pairs, monkeypatch, capsys):
     shutil.copy(tiny_pairs / "clean" / "000.png", tiny_pairs / "clean" / "extra.png")
     code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--paired", tiny_pairs / "rainy", tiny_pairs / "clean")
     _assert_clean_error(code, err, "002", "extra")
+
+
+def test_train_without_model_picks_the_default_for_the_data(tiny_pairs, monkeypatch, capsys):
+    # the README's promise: `derain train --unpaired clean/ rainy/`
+    out = tiny_pairs / "default_run"
+    sets = [x for k, v in DCDGAN_TINY.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    code, _, err = derain(monkeypatch, capsys, "train", "--unpaired", tiny_pairs / "clean", tiny_pairs / "rainy",
+                          *sets, "--patch", "32", "--batch", "2", "--steps", "2", "-q", "--out", out)
+    assert code == 0, err
+    assert "training dcdgan, the default for --unpaired" in err
+    state = json.loads((out / "last" / "state.json").read_text())["extra"]
+    assert state["model"] == "dcdgan" and state["mode"] == "unpaired" and state["step"] == 2

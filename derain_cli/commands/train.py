@@ -26,7 +26,9 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def train_command(
-    model: str = typer.Option(..., "--model", "-m", help="Architecture to train (see `derain models`)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Architecture to train (see `derain models`); default: jrgr for paired/semi data, dcdgan for unpaired."
+    ),
     paired: Optional[Tuple[Path, Path]] = typer.Option(None, "--paired", help="RAINY_DIR CLEAN_DIR, paired by file stem."),
     unpaired: Optional[Tuple[Path, Path]] = typer.Option(None, "--unpaired", help="CLEAN_DIR RAINY_DIR, unrelated images."),
     semi: Optional[Tuple[Path, Path, Path]] = typer.Option(None, "--semi", help="RAINY_DIR CLEAN_DIR REAL_RAINY_DIR."),
@@ -61,7 +63,11 @@ def train_command(
     if resume is not None and init is not None:
         raise DerainError("--resume and --init exclude each other")
     mode, folders = chosen[0]
-    from ..registry import get_spec
+    from ..registry import DEFAULT_TRAIN_MODELS, get_spec
+
+    if model is None:
+        model = DEFAULT_TRAIN_MODELS[mode]
+        typer.echo(f"derain: training {model}, the default for --{mode} data (choose another with --model)", err=True)
 
     get_spec(model)  # unknown model -> clear error before importing the engine
     from ..train.engine import TrainOptions, train
