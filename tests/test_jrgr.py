@@ -153,6 +153,22 @@ def test_logged_learning_rate_follows_the_active_stage():
     for step in range(260):
         if step in (100, 250):
             active = recipe.optimizers["g1"] if step < 200 else recipe.optimizers["g"]
-            expected = active.param_groups[0 if step < 200 else 2]["lr"]
+            expected = active.param_groups[0]["lr"]
             assert recipe.current_lr(step) == expected > 1e-4, step
         recipe.end_step()
+
+
+def test_stage2_keeps_a_fixed_g1_exactly_batchnorm_statistics_included():
+    torch.manual_seed(0)
+    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, g1_lr_scale=0.0, g3_lr_scale=1.0), "semi", lr=1e-3, stage=2)
+    recipe.setup(10)
+    g = recipe.nets["bundle"]
+    before = {k: {n: t.clone() for n, t in g[k].state_dict().items()} for k in ("g1", "g3")}
+    assert any("running_mean" in n for n in before["g1"])  # the cpu preset's removers use BatchNorm
+    batch = _tiny_batch(2, 32)
+    for s in range(3):
+        recipe.train_step(batch, s)
+        recipe.end_step()
+    for n, t in g["g1"].state_dict().items():
+        assert torch.equal(t, before["g1"][n]), n
+    assert any(not torch.equal(t, before["g3"][n]) for n, t in g["g3"].state_dict().items())

@@ -324,8 +324,9 @@ class JRGRRecipe(Recipe):
 
     Stage 1: G1 alone, MSE to the synthetic background. G3 mirrors G1's weights
     throughout, so the switch (and any stage-1 export) starts G3 from G1, as the
-    authors initialise it. Stage 2: the two cycles with all losses; as in the
-    official code G1 keeps learning at lr/100 and G3 at lr/10, the translators at lr.
+    authors initialise it. Stage 2: the two cycles with all losses; G1, G3 learn at
+    ``g1_lr_scale``, ``g3_lr_scale`` times the translators' rate (0 = fixed, the
+    authors' final choice for G1).
     ``stage`` option: 1, 2, or None = stage 1 for ``stage1_fraction`` of the steps
     then stage 2. ``paired`` mode is stage 1 alone.
     """
@@ -365,12 +366,11 @@ class JRGRRecipe(Recipe):
         self.total_steps = max(1, total_steps)
         bundle, lr = self.nets["bundle"], self.lr
         self.optimizers["g1"] = torch.optim.Adam(bundle["g1"].parameters(), lr=lr, betas=self.betas)
-        self.optimizers["g"] = torch.optim.Adam([
-            {"params": bundle["g1"].parameters(), "lr": lr * self.config["g1_lr_scale"]},
-            {"params": bundle["g3"].parameters(), "lr": lr * self.config["g3_lr_scale"]},
-            {"params": bundle["g2"].parameters(), "lr": lr},
-            {"params": bundle["g4"].parameters(), "lr": lr},
-        ], lr=lr, betas=self.betas)
+        # translators first: ``current_lr`` logs group 0, which always trains
+        groups = [{"params": bundle["g2"].parameters(), "lr": lr}, {"params": bundle["g4"].parameters(), "lr": lr}]
+        groups += [{"params": bundle[k].parameters(), "lr": lr * self.config[f"{k}_lr_scale"]}
+                   for k in ("g1", "g3") if k not in self.frozen]
+        self.optimizers["g"] = torch.optim.Adam(groups, lr=lr, betas=self.betas)
         self.optimizers["d"] = torch.optim.Adam(self.nets["disc"].parameters(), lr=lr, betas=self.betas)
 
         def stage1(step: int) -> float:
@@ -386,7 +386,17 @@ class JRGRRecipe(Recipe):
         """Stage 1: G1's rate; stage 2: the translators' (full) rate, G1 and G3 run at fixed fractions of it."""
         if self.stage_at(step) == 1:
             return self.optimizers["g1"].param_groups[0]["lr"]
-        return self.optimizers["g"].param_groups[2]["lr"]
+        return self.optimizers["g"].param_groups[0]["lr"]
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Removers held fixed in stage 2 (lr scale 0): no updates and BatchNorm statistics kept.
+
+        The authors' final strategy fixes G1 ("fix G1 and train G2, G3, G4, initial G3
+        with G1"); a remover left in train mode would still drift its BatchNorm
+        statistics towards the other domain and lose synthetic accuracy.
+        """
+        return tuple(k for k in ("g1", "g3") if self.config[f"{k}_lr_scale"] == 0)
 
     def end_step(self) -> None:
         # every schedule advances every step (so resumed runs stay aligned), even the idle stage's
@@ -441,6 +451,9 @@ class JRGRRecipe(Recipe):
         bundle, disc = self.nets["bundle"], self.nets["disc"]
         bundle.train()
         disc.train()
+        for k in self.frozen:
+            bundle[k].eval()
+            bundle[k].requires_grad_(False)
 
         # generators
         self.set_requires_grad([disc], False)
@@ -485,8 +498,8 @@ _COMMON = {
     "lambda_mse": 40.0,
     "lambda_gan": 4.0,
     "lambda_cycle": 40.0,
-    "g1_lr_scale": 0.01,
-    "g3_lr_scale": 0.1,
+    "g1_lr_scale": 0.0,  # the authors' final strategy: G1 fixed in stage 2
+    "g3_lr_scale": 1.0,
     "stage1_fraction": 0.3,
     "stage2_batch": 0,
     **DEFAULT_RAIN,
