@@ -110,57 +110,40 @@ def test_unpaired_training_lowers_the_generator_loss(tiny_pairs):
 
 # -- 2. resume is exact ------------------------------------------------------------------------
 
-def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_pairs, monkeypatch):
-    full = _opts(tiny_pairs, out=tiny_pairs / "full", steps=6)
-    engine.train(full)
-
-    calls = {"n": 0}
-    real_next = PatchSampler.next_batch
-
-    def interrupt_at_step_3(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # like Ctrl-C between step 3 and 4
-        return real_next(self)
-
-    monkeypatch.setattr(PatchSampler, "next_batch", interrupt_at_step_3)
-    part = _opts(tiny_pairs, out=tiny_pairs / "part", steps=6)
-    first = engine.train(part)
-    assert first.stopped == "interrupted" and first.step == 3
-    monkeypatch.setattr(PatchSampler, "next_batch", real_next)
-
-    second = engine.train(_opts(tiny_pairs, out=tiny_pairs / "part", steps=6, resume=tiny_pairs / "part"))
-    assert second.step == 6 and second.stopped == "done"
-    resumed, straight = _weights(part.out / "model.safetensors"), _weights(full.out / "model.safetensors")
-    _assert_same(resumed, straight)
-    assert _log(part.out)[-1]["step"] == 6
+def _keyboard_interrupt():
+    raise KeyboardInterrupt  # like Ctrl-C while the next batch is prepared: the step is lost
 
 
-def test_sigterm_stops_after_the_step_and_resumes_exactly(tiny_pairs, monkeypatch):
+def _sigterm():
     import signal
 
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` on a background run: the step finishes
+
+
+@pytest.mark.parametrize("stop, at_call", [(_keyboard_interrupt, 4), (_sigterm, 3)], ids=["ctrl-c", "sigterm"])
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_pairs, monkeypatch, stop, at_call):
     full = _opts(tiny_pairs, out=tiny_pairs / "full", steps=6)
     engine.train(full)
 
     calls = {"n": 0}
     real_next = PatchSampler.next_batch
 
-    def kill_during_step_3(self):
+    def stop_at_call(self):
         calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` on a background run
+        if calls["n"] == at_call:
+            stop()
         return real_next(self)
 
-    monkeypatch.setattr(PatchSampler, "next_batch", kill_during_step_3)
+    monkeypatch.setattr(PatchSampler, "next_batch", stop_at_call)
     part = _opts(tiny_pairs, out=tiny_pairs / "part", steps=6)
     first = engine.train(part)
-    assert first.stopped == "interrupted" and first.step == 3  # step 3 was finished, not thrown away
-    assert signal.getsignal(signal.SIGTERM) is not None and calls["n"] == 3
+    assert first.stopped == "interrupted" and first.step == 3 and calls["n"] == at_call
     monkeypatch.setattr(PatchSampler, "next_batch", real_next)
 
     second = engine.train(_opts(tiny_pairs, out=tiny_pairs / "part", steps=6, resume=tiny_pairs / "part"))
     assert second.step == 6 and second.stopped == "done"
     _assert_same(_weights(part.out / "model.safetensors"), _weights(full.out / "model.safetensors"))
+    assert _log(part.out)[-1]["step"] == 6
 
 
 # -- 3. exports work in the inference CLI ---------------------------------------------------------
