@@ -165,8 +165,21 @@ def check_save_dir(save_dir, *inputs) -> None:
 
 
 # -- peak memory -----------------------------------------------------------------------
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise), so the next model's peak starts low."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark (Linux >= 4.0) so each model gets its own peak."""
+    release_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

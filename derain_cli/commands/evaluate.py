@@ -161,6 +161,9 @@ def bench_command(
                       str(r.threads))
     out = _stdout_console()
     out.print(table)
+    if len(results) > 1 and not results[0].memory_kind.startswith("CUDA"):
+        out.print("several models share one process: a peak can include tens of MB that earlier models left "
+                  "(kernel caches, imports); bench one --model for its exact figure", highlight=False)
     out.print(f"speed excludes file I/O and one warm-up image; peak mem = {results[0].memory_kind}; tile = "
               f"{tile or 'auto'}; weights: " + ", ".join(f"{r.model} = {r.weights}" for r in results), highlight=False)
 
