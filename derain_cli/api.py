@@ -263,6 +263,13 @@ def load_model(
     dev = device if isinstance(device, torch.device) else devices.resolve_device(str(device), notify=notify)
     dtype = devices.half_dtype(dev, half)
     state, meta = _open_weights(spec, weights)
+    tasks = meta.get("tasks")
+    if isinstance(tasks, list) and task not in tasks:
+        where = meta.get("weights_path", "these weights")
+        raise DerainError(
+            f"{Path(where).name} ({spec.name}) was not trained to {task}, only to {', '.join(tasks)}"
+            + ("; train the rain generator first (jrgr: derain train --stage 2)" if task == "rainify" else "")
+        )
     bundle, config = _build(spec, state, meta)
     del state
     net = spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant)

@@ -50,7 +50,7 @@ _REQUIRED = {
     "command": str,
 }
 _HUB_FIELDS = ("repo_id", "revision", "filename")
-_OPTIONAL = {"model": str, "summary": str, "metrics": dict, **{k: str for k in _HUB_FIELDS}}
+_OPTIONAL = {"model": str, "summary": str, "metrics": dict, "tasks": list, **{k: str for k in _HUB_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class WeightsEntry:
     command: str
     summary: str = ""
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What these weights were trained to do (``derain``, ``rainify``); None = all the model can.
+    tasks: list[str] | None = None
     repo_id: str | None = None
     revision: str | None = None
     filename: str | None = None
@@ -127,6 +129,9 @@ def _parse_entry(name: str, table: Any, where: Path) -> WeightsEntry:
         raise bad("repo_id, revision and filename go together: give all three or none")
     if hub and not _HEX40.fullmatch(table["revision"]):
         raise bad("revision must be a 40-hex commit id, not a branch or tag")
+    tasks = table.get("tasks")
+    if tasks is not None and (not tasks or any(t not in ("derain", "rainify") for t in tasks)):
+        raise bad("tasks must list 'derain' and/or 'rainify'")
     metrics = table.get("metrics", {})
     for dataset, m in metrics.items():
         if not isinstance(m, dict):
@@ -423,4 +428,6 @@ def open_weights(
             f"{path}: the config in the file's metadata differs from [{e.name}].config in weights.toml; "
             "fix the entry so it records the config the weights were trained with"
         )
+    if e.tasks is not None:
+        meta = {**meta, "tasks": list(e.tasks)}
     return state, {**meta, "weights_path": str(path), "weights_source": source}

@@ -172,3 +172,36 @@ def test_stage2_keeps_a_fixed_g1_exactly_batchnorm_statistics_included():
     for n, t in g["g1"].state_dict().items():
         assert torch.equal(t, before["g1"][n]), n
     assert any(not torch.equal(t, before["g3"][n]) for n, t in g["g3"].state_dict().items())
+
+
+def test_rainify_needs_weights_whose_rain_generator_was_trained(tiny_pairs):
+    from derain_cli.api import load_model
+    from derain_cli.errors import DerainError
+    from derain_cli.train.engine import TrainOptions, train
+    from derain_cli.weightfile import read_metadata
+
+    semi = [str(tiny_pairs / "rainy"), str(tiny_pairs / "clean"), str(tiny_pairs / "rainy")]
+    base = dict(model="jrgr", mode="semi", folders=semi, overrides=TINY, patch=32, batch=2, steps=2,
+                progress=False, threads=1)
+    s1, s2 = tiny_pairs / "stage1.safetensors", tiny_pairs / "stage2.safetensors"
+    train(TrainOptions(**base, out=tiny_pairs / "r1", export=s1, recipe_options={"stage": 1}))
+    assert read_metadata(s1)["tasks"] == ["derain"]
+    load_model("jrgr", weights=s1, device="cpu")  # deraining is fine
+    with pytest.raises(DerainError, match="not trained to rainify.*--stage 2"):
+        load_model("jrgr", weights=s1, device="cpu", task="rainify")
+
+    train(TrainOptions(**{**base, "overrides": {}}, out=tiny_pairs / "r2", export=s2, init=s1,
+                       recipe_options={"stage": 2}))
+    assert read_metadata(s2)["tasks"] == ["derain", "rainify"]
+    load_model("jrgr", weights=s2, device="cpu", task="rainify")
+
+
+def test_shipped_weights_refuse_to_rainify_until_stage_2_has_run():
+    from derain_cli.api import load_model
+    from derain_cli.errors import DerainError
+    from derain_cli.weights import entry
+
+    if entry("jrgr").tasks != ["derain"]:
+        pytest.skip("the shipped jrgr weights include a trained rain generator")
+    with pytest.raises(DerainError, match="jrgr.safetensors \\(jrgr\\) was not trained to rainify"):
+        load_model("jrgr", device="cpu", task="rainify")

@@ -275,6 +275,16 @@ def test_listed_config_must_match_the_file(env):
         weights.open_weights("dualstage")
 
 
+def test_listed_tasks_reach_the_metadata_and_are_validated(env):
+    data = make_weights(env / "a.safetensors")
+    (weights.BUNDLED_DIR / "dualstage.safetensors").write_bytes(data)
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, extra='tasks = ["derain"]'))
+    assert weights.open_weights("dualstage")[1]["tasks"] == ["derain"]
+    (env / "weights.toml").write_text(entry_toml("dualstage", data, extra='tasks = ["dance"]'))
+    with pytest.raises(WeightsError, match="tasks must list 'derain' and/or 'rainify'"):
+        weights.open_weights("dualstage")
+
+
 def test_pickle_files_are_never_loaded(env, monkeypatch):
     import torch
 

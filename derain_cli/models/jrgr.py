@@ -382,6 +382,10 @@ class JRGRRecipe(Recipe):
         for name, fn in (("g1", stage1), ("g", stage2), ("d", stage2)):
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(self.optimizers[name], fn)
 
+    def trained_tasks(self, step: int) -> tuple[str, ...]:
+        """Rainify needs G2, which only stage 2 trains."""
+        return ("derain", "rainify") if step > self.switch_step else ("derain",)
+
     def current_lr(self, step: int) -> float:
         """Stage 1: G1's rate; stage 2: the translators' (full) rate, G1 and G3 run at fixed fractions of it."""
         if self.stage_at(step) == 1:

@@ -151,6 +151,7 @@ def train(opts: TrainOptions) -> TrainResult:
         val_pairs = (vr, vc)
 
     resume_dir = None
+    inherited_tasks: set[str] = set()
     if opts.resume is not None:
         resume_dir = Path(opts.resume)
         if (resume_dir / "last").is_dir():
@@ -159,10 +160,12 @@ def train(opts: TrainOptions) -> TrainResult:
             raise DerainError(f"nothing to resume in {opts.resume} (no checkpoint found)")
         saved = json.loads((resume_dir / "state.json").read_text())["extra"]
         config = saved["config"]
+        inherited_tasks = set(saved.get("tasks") or ())
     elif opts.init is not None:
         _, meta = load_weights(opts.init, architecture=spec.name)
         config = dict(meta["config"])
         config.update(opts.overrides)
+        inherited_tasks = set(meta.get("tasks") or ())
     else:
         try:
             config = spec.config(opts.preset, **opts.overrides)
@@ -233,7 +236,7 @@ def train(opts: TrainOptions) -> TrainResult:
             "step": step, "best_psnr": best, "config": config, "model": spec.name, "mode": opts.mode,
             "sampler": sampler.state(), "numpy_rng": list(_jsonable(np.random.get_state())),
             "python_rng": _jsonable(random.getstate()), "total_steps": total, "data": data_info,
-            "command": opts.command, "recipe_options": opts.recipe_options,
+            "command": opts.command, "recipe_options": opts.recipe_options, "tasks": tasks_now(),
         }
 
     def checkpoint(name: str = "last", collective: bool = True) -> None:
@@ -258,11 +261,16 @@ def train(opts: TrainOptions) -> TrainResult:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def tasks_now() -> list[str]:
+        """What the weights can do so far: the recipe's answer plus what an --init file already could."""
+        done = set(recipe.trained_tasks(step)) | inherited_tasks
+        return [t for t in ("derain", "rainify") if t in done]
+
     def export(path: Path) -> None:
         source = ema if ema is not None else recipe.bundle
         save_weights(path, source.state_dict(), architecture=spec.name, config=config,
                      steps=step, data=data_info, date=_dt.date.today().isoformat(),
-                     command=opts.command, val_psnr=best)
+                     command=opts.command, val_psnr=best, tasks=tasks_now())
 
     def log(record: dict[str, Any]) -> None:
         if is_main:
@@ -435,5 +443,6 @@ def export_checkpoint(run_dir: Path, out_file: Path, use_ema: bool = True) -> Pa
             net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     save_weights(out_file, recipe.bundle.state_dict(), architecture=spec.name, config=extra["config"],
                  steps=extra["step"], data=extra.get("data"), date=_dt.date.today().isoformat(),
-                 command=extra.get("command", ""), val_psnr=extra.get("best_psnr"))
+                 command=extra.get("command", ""), val_psnr=extra.get("best_psnr"),
+                 **({"tasks": extra["tasks"]} if extra.get("tasks") else {}))
     return Path(out_file)

@@ -85,6 +85,10 @@ class Recipe:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         opt.step()
 
+    def trained_tasks(self, step: int) -> tuple[str, ...]:
+        """What an export after ``step`` steps can do (recorded in the weights file's metadata)."""
+        return ("derain", "rainify") if self.spec.rainify_net is not None else ("derain",)
+
     def current_lr(self, step: int) -> float:
         """The learning rate to log at ``step``: the first optimizer's (recipes with phases override it)."""
         return next(iter(self.optimizers.values())).param_groups[0]["lr"]
