@@ -119,3 +119,28 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bfloat16 in hardware (AMX or AVX512-BF16).
+
+    Elsewhere (e.g. AVX2-only CPUs) torch emulates bf16, and autocast makes training about
+    ten times slower instead of faster (measured: semimsn 0.43 vs 4.3 steps/s on an AVX2 EPYC).
+    """
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # a probe missing from this torch build counts as "no"
+            continue
+    return False
+
+
+def bf16_warning(device: torch.device, has_native_bf16: Callable[[], bool] = cpu_has_native_bf16) -> str | None:
+    """The one-line warning ``--bf16`` deserves on a CPU that only emulates bfloat16, else None."""
+    if device.type != "cpu" or has_native_bf16():
+        return None
+    return ("--bf16 on a CPU without AMX or AVX512-BF16: bfloat16 is emulated there and training "
+            "runs several times slower; drop --bf16 (--channels-last still helps)")

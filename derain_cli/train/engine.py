@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import bf16_warning, say
 from ..errors import DerainError
 from ..registry import get_spec
 from ..weightfile import load_weights, save_weights
@@ -183,6 +184,8 @@ def train(opts: TrainOptions) -> TrainResult:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
 
+    if opts.bf16 and (warning := bf16_warning(device)) is not None and rank == 0:
+        say(warning)
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
     recipe = spec.recipe(spec, config, opts.mode, lr=opts.lr, **opts.recipe_options)
