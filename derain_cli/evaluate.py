@@ -109,11 +109,11 @@ def score_folders(out_dir: str | os.PathLike, gt_dir: str | os.PathLike, progres
 
 # -- running a model -------------------------------------------------------------------
 def load_derainer(name: str, *, weights: str | os.PathLike | None = None, device: str = "auto",
-                  threads: int | None = None, variant: str | None = None) -> Any:
+                  threads: int | None = None, variant: str | None = None, ensemble: bool = False) -> Any:
     """The inference API's model (:func:`derain_cli.api.load_model`), loaded once for a whole folder."""
     from .api import load_model
 
-    return load_model(name, weights=weights, device=device, threads=threads, variant=variant)
+    return load_model(name, weights=weights, device=device, threads=threads, variant=variant, ensemble=ensemble)
 
 
 def count_parameters(derainer: Any) -> int:
@@ -244,10 +244,11 @@ def weights_text(derainer: Any, weights: str | os.PathLike | None) -> str:
 def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | None = None, device: str = "auto",
                 threads: int | None = None, tile: int | None = None, limit: int | None = None,
                 save_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-                variant: str | None = None) -> BenchResult:
+                variant: str | None = None, ensemble: bool = False) -> BenchResult:
     """Load ``name`` and measure quality, speed and memory on ``dataset`` (first ``limit`` pairs).
 
-    A ``variant`` given explicitly is reported in the model column as ``name:variant``.
+    A ``variant`` given explicitly is reported in the model column as ``name:variant``, and
+    the flip ensemble as ``name+ensemble``, so a table never mixes them up.
     """
     import torch
 
@@ -263,7 +264,8 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()
-    derainer = load_derainer(name, weights=weights, device=device, threads=threads, variant=variant)
+    derainer = load_derainer(name, weights=weights, device=device, threads=threads, variant=variant,
+                             ensemble=ensemble)
     dev = device_of(derainer)
     cuda = dev.startswith("cuda")
     if cuda:
@@ -278,7 +280,7 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
     total_mp = sum(r.width * r.height for r in result.rows) / 1e6
     mean = result.mean
     return BenchResult(
-        model=name if variant is None else f"{name}:{variant}",
+        model=(name if variant is None else f"{name}:{variant}") + ("+ensemble" if ensemble else ""),
         weights=weights_text(derainer, weights),
         dataset=dataset.name,
         images=len(result.rows),

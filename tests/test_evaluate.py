@@ -171,6 +171,13 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     assert r["psnr_y"] == pytest.approx(saved.mean.psnr_y, abs=1e-9)
     assert f"{r['psnr_y']:.2f}" in out and TINY_MODEL in out
     assert data["dataset"]["origin"] == "folder"
+    code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
+                             tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
+                             "--json", jpath, "--ensemble")
+    assert code == 0, err
+    (e,) = json.loads(jpath.read_text())["results"]
+    assert e["model"] == f"{TINY_MODEL}+ensemble" and f"{TINY_MODEL}+ensemble" in out
+    assert e["psnr_y"] != pytest.approx(r["psnr_y"], abs=1e-6)  # a different measurement, labelled as such
 
 
 def evaluate_clean_subset(tiny_pairs: Path, tmp_path: Path, n: int) -> Path:

@@ -258,3 +258,30 @@ def test_python_api_derain_file(tmp_path):
     out2 = derain_cli.derain_file(src, tmp_path / "o", model=spec, weights=weights, device="cpu", tile=16)
     assert out2 == tmp_path / "o" / "photo_derained.png"
     assert np.abs(read_image(out).rgb.astype(int) - read_image(out2).rgb.astype(int)).max() <= 1
+
+
+def test_ensemble_is_the_mean_over_four_flips(tmp_path, monkeypatch, capsys, tiny):
+    import torch
+
+    from derain_cli.api import load_model
+
+    plain = load_model("tinytest", weights=tiny, device="cpu")
+    ensemble = load_model("tinytest", weights=tiny, device="cpu", ensemble=True)
+    x = torch.rand(1, 3, 37, 50, generator=torch.Generator().manual_seed(3))  # odd size: padded, then flipped
+    by_hand = []
+    for dims in ((), (3,), (2,), (2, 3)):
+        xx = torch.flip(x, dims) if dims else x
+        # process_tensor clamps; the ensemble averages unclamped outputs, so compare with the net itself
+        with torch.no_grad():
+            y = plain.net(xx)  # the tiny conv net has size multiple 1: no padding involved
+        by_hand.append(torch.flip(y, dims) if dims else y)
+    expected = torch.stack(by_hand).mean(0).clamp(0, 1)
+    got = ensemble.process_tensor(x)
+    assert got.shape == x.shape
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, plain.process_tensor(x), atol=1e-3)  # the flips really changed something
+    src = _png(tmp_path / "lane.png")
+    code, out, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny,
+                            "--device", "cpu", "--ensemble", "-v")
+    assert code == 0, err
+    assert "4-flip ensemble" in err

@@ -50,6 +50,7 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (with --model)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --model)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic (with --model)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (with --model; 4x slower)."),
 ) -> None:
     """Score images against references: PSNR and SSIM on the Y channel (the deraining convention) and RGB PSNR.
 
@@ -63,7 +64,7 @@ def eval_command(
     console = Console(stderr=True)
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
-                                 ("--tile", tile), ("--variant", variant))
+                                 ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
@@ -77,11 +78,12 @@ def eval_command(
         if report is not None and report.suffix.lower() not in (".csv", ".json"):
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
-        derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant)
+        derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant,
+                                    ensemble=ensemble)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
-        info = {"model": model, "variant": derainer.variant, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
+        info = {"model": model, "variant": derainer.variant, "ensemble": ensemble, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
                 "references": str(gt_dir), "device": ev.device_of(derainer)}
     mean = result.mean
     out = _stdout_console()
@@ -107,6 +109,7 @@ def bench_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (4x slower)."),
 ) -> None:
     """Measure models on a benchmark: PSNR/SSIM (Y), speed, peak memory, parameters; published figures beside.
 
@@ -150,6 +153,7 @@ def bench_command(
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile, limit=limit,
                 save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
+                ensemble=ensemble,
             ))
 
     table = Table(title=f"derain bench {ds.name} ({results[0].images} images, Y channel)")

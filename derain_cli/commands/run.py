@@ -25,6 +25,9 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mp
 HalfOpt = typer.Option(False, "--half", help="fp16/bf16 autocast (GPU only).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for inference.")
 QualityOpt = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality.")
+EnsembleOpt = typer.Option(
+    False, "--ensemble", help="Average the model over 4 flips of each photo: a little cleaner (+0.2-0.4 dB measured), 4x slower."
+)
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say which device, dtype and tile size are used.")
 
 
@@ -32,17 +35,19 @@ def _err(message: str) -> None:
     typer.echo(f"derain: error: {message}", err=True)
 
 
-def _load(model, weights, variant, device, half, threads, verbose):
+def _load(model, weights, variant, device, half, threads, verbose, ensemble=False):
     from ..api import load_model
 
-    derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half)
+    derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half,
+                          ensemble=ensemble)
     if verbose:
         import torch
 
         source = derainer.meta.get("weights_source", "?")
         typer.echo(
             f"derain: model {derainer.spec.name} ({derainer.variant}, weights: {source}) on {derainer.device}, "
-            f"dtype {derainer.dtype_name}, {torch.get_num_threads()} CPU threads",
+            f"dtype {derainer.dtype_name}, {torch.get_num_threads()} CPU threads"
+            + (", 4-flip ensemble" if derainer.ensemble else ""),
             err=True,
         )
     return derainer
@@ -69,6 +74,7 @@ def run(
     half: bool = HalfOpt,
     threads: Optional[int] = ThreadsOpt,
     quality: int = QualityOpt,
+    ensemble: bool = EnsembleOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain photos; keeps format, bit depth, alpha, orientation, EXIF and colour profile."""
@@ -88,7 +94,7 @@ def run(
         if t.resolve() in inputs:
             raise DerainError(f"{t}: refusing to overwrite an input image; choose another output")
 
-    derainer = _load(model, weights, variant, device, half, threads, verbose)
+    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble)
     failed = 0
     for img, target in zip(images, targets):
         start = time.perf_counter()
@@ -179,6 +185,7 @@ def batch(
     half: bool = HalfOpt,
     threads: Optional[int] = ThreadsOpt,
     quality: int = QualityOpt,
+    ensemble: bool = EnsembleOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain a folder into OUTDIR with the same names; re-running resumes, failures are listed at the end."""
@@ -200,7 +207,7 @@ def batch(
     if not todo:
         return
 
-    derainer = _load(model, weights, variant, device, half, threads, verbose)
+    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble)
     failures: list[tuple[str, str]] = []
     worked, busy = 0, 0.0
     with _progress() as progress:
