@@ -50,6 +50,23 @@ def test_encoder_features_and_output_range():
     assert torch.allclose(y, net(x)) and all(torch.equal(a, b) for a, b in zip(feats, feats2))
 
 
+def test_additive_rain_only_subtracts_when_deraining_and_only_adds_when_rainifying():
+    torch.manual_seed(0)
+    bundle = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0))  # a large residual, so the sign shows
+    x = torch.rand(1, 3, 24, 24) * 2 - 1
+    with torch.no_grad():
+        derained, rained = bundle["G_A"](x), bundle["G_B"](x)
+    assert (derained <= x).all() and (derained < x - 1e-3).any()
+    assert (rained >= x).all() and (rained > x + 1e-3).any()
+    free = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0, additive_rain=False))
+    free.load_state_dict(bundle.state_dict())
+    with torch.no_grad():
+        unconstrained = free["G_A"](x)
+    assert (unconstrained > x + 1e-3).any()  # the constraint, not the weights, made the sign
+    with pytest.raises(ValueError, match="global_residual"):
+        SPEC.build(SPEC.config("cpu", **TINY, global_residual=False))
+
+
 def test_short_unpaired_run_lowers_generator_loss():
     torch.manual_seed(0)
     cfg = SPEC.config("cpu", **TINY)

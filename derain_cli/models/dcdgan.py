@@ -21,6 +21,13 @@ One deliberate, configurable deviation: ``global_residual`` makes a generator
 predict ``x + tanh(...)`` instead of ``tanh(...)``. The official model
 (``paper`` preset) leaves it off; the ``cpu`` preset turns it on so that a few
 thousand CPU steps start from the identity instead of from a grey image.
+
+A second one, ``additive_rain`` (off in the ``paper`` preset, on in the
+``cpu`` preset): rain streaks add light (O = B + R with R >= 0,
+the model behind Rain100L and JRGR), so ``G_A`` may only subtract,
+``x - relu(.)``, and ``G_B`` may only add, ``x + relu(.)``. Without it the
+small CPU model answered its discriminator with a uniform brightening and
+faint noise over the whole image and left the streaks alone.
 """
 from __future__ import annotations
 
@@ -102,9 +109,10 @@ class ResnetGenerator(nn.Module):
     upsampling blur/conv/norm/relu, then pad, conv7, tanh.
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, global_residual: bool = False):
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, global_residual: bool = False, residual_sign: int = 0):
         super().__init__()
         self.global_residual = global_residual
+        self.residual_sign = residual_sign  # -1: x - relu(y), +1: x + relu(y), 0: x + y (needs global_residual)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), _instance_norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):
@@ -124,8 +132,7 @@ class ResnetGenerator(nn.Module):
         features, which is all PatchNCE needs.
         """
         if not layers:
-            y = self.model(x)
-            return x + y if self.global_residual else y
+            return self._output(x, self.model(x))
         wanted = set(layers)
         last = max(wanted)
         feats = []
@@ -136,8 +143,15 @@ class ResnetGenerator(nn.Module):
                 feats.append(h)
             if encode_only and i == last:
                 return feats
-        y = x + h if self.global_residual else h
-        return y, feats
+        return self._output(x, h), feats
+
+    def _output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The image: ``y`` itself, or ``x`` plus the (optionally sign-constrained) residual ``y``."""
+        if not self.global_residual:
+            return y
+        if self.residual_sign == 0:
+            return x + y
+        return x + self.residual_sign * F.relu(y)
 
     def feature_channels(self, layers: Sequence[int]) -> list[int]:
         """Channel count of each requested layer's output (for sizing the projection heads)."""
@@ -251,9 +265,12 @@ class GeneratorPair(nn.ModuleDict):
 
 def build(config: dict[str, Any]) -> GeneratorPair:
     """The shipped bundle: both generators, no discriminators."""
+    additive = bool(config.get("additive_rain", False))  # weights from before session 4 lack the key
+    if additive and not config["global_residual"]:
+        raise ValueError("additive_rain needs global_residual (it constrains the residual's sign)")
     bundle = GeneratorPair({
-        "G_A": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"]),
-        "G_B": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"]),
+        "G_A": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"], -1 if additive else 0),
+        "G_B": ResnetGenerator(config["ngf"], config["n_blocks"], config["global_residual"], 1 if additive else 0),
     })
     init_xavier(bundle, config["init_gain"])
     return bundle
@@ -373,9 +390,11 @@ _COMMON = {
 
 PRESETS = {
     # The authors' configuration: resnet_9blocks, ngf/ndf 64, NCE on layers 4, 8, 12, 16.
-    "paper": {"ngf": 64, "n_blocks": 9, "ndf": 64, "nce_layers": [4, 8, 12, 16], "global_residual": False, **_COMMON},
+    "paper": {"ngf": 64, "n_blocks": 9, "ndf": 64, "nce_layers": [4, 8, 12, 16], "global_residual": False,
+              "additive_rain": False, **_COMMON},
     # Small enough to train on two CPU cores in about an hour and a half.
-    "cpu": {"ngf": 16, "n_blocks": 4, "ndf": 16, "nce_layers": [4, 8, 12, 14], "global_residual": True, **_COMMON},
+    "cpu": {"ngf": 16, "n_blocks": 4, "ndf": 16, "nce_layers": [4, 8, 12, 14], "global_residual": True,
+            "additive_rain": True, **_COMMON},
 }
 
 
