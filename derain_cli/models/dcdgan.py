@@ -24,8 +24,9 @@ thousand CPU steps start from the identity instead of from a grey image.
 
 A second one, ``additive_rain`` (off in the ``paper`` preset, on in the
 ``cpu`` preset): rain streaks add light (O = B + R with R >= 0,
-the model behind Rain100L and JRGR), so ``G_A`` may only subtract,
-``x - relu(.)``, and ``G_B`` may only add, ``x + relu(.)``. Without it the
+the model behind Rain100L and JRGR), so ``G_A`` mostly subtracts,
+``x - leaky_relu(.)``, and ``G_B`` mostly adds, ``x + leaky_relu(.)``; a
+change of the wrong sign costs ten times the residual. Without it the
 small CPU model answered its discriminator with a uniform brightening and
 faint noise over the whole image and left the streaks alone.
 """
@@ -100,6 +101,10 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+#: How much of a residual of the wrong sign ``additive_rain`` lets through.
+WRONG_SIGN_SLOPE = 0.1
+
+
 class ResnetGenerator(nn.Module):
     """The CUT/DCLGAN ResNet generator, one flat layer list so encoder layers have stable indices.
 
@@ -112,7 +117,7 @@ class ResnetGenerator(nn.Module):
     def __init__(self, ngf: int = 64, n_blocks: int = 9, global_residual: bool = False, residual_sign: int = 0):
         super().__init__()
         self.global_residual = global_residual
-        self.residual_sign = residual_sign  # -1: x - relu(y), +1: x + relu(y), 0: x + y (needs global_residual)
+        self.residual_sign = residual_sign  # -1: x - leaky(y), +1: x + leaky(y), 0: x + y (needs global_residual)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), _instance_norm(ngf), nn.ReLU(True)]
         ch = ngf
         for _ in range(2):
@@ -151,7 +156,9 @@ class ResnetGenerator(nn.Module):
             return y
         if self.residual_sign == 0:
             return x + y
-        return x + self.residual_sign * F.relu(y)
+        # leaky, not a plain ReLU: the identity loss drove every pixel of a ReLU residual
+        # below zero within 360 steps, where no gradient could ever revive it
+        return x + self.residual_sign * F.leaky_relu(y, WRONG_SIGN_SLOPE)
 
     def feature_channels(self, layers: Sequence[int]) -> list[int]:
         """Channel count of each requested layer's output (for sizing the projection heads)."""
