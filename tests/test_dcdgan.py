@@ -86,6 +86,17 @@ def test_short_unpaired_run_lowers_generator_loss():
     assert set(recipe.optimizers) == {"G", "D", "F"}
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_discriminator_rate_multiplier_follows_the_shared_schedule():
+    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, lr_d_mult=4.0), "unpaired")
+    recipe.setup(100)
+    for _ in range(50):
+        for scheduler in recipe.schedulers.values():
+            scheduler.step()
+    lr = {name: opt.param_groups[0]["lr"] for name, opt in recipe.optimizers.items()}
+    assert lr["D"] == pytest.approx(4.0 * lr["G"]) and lr["G"] < recipe.lr  # scaled, and still annealed
+
+
 def test_recipe_rejects_paired_mode():
     with pytest.raises(ValueError, match="unpaired"):
         SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired")

@@ -315,12 +315,22 @@ class DCDGANRecipe(Recipe):
         }
 
     def setup(self, total_steps: int) -> None:
-        """G and D share Adam(lr, (0.5, 0.999)); the heads use Adam's defaults, as in the reference."""
+        """G and D share Adam(lr, (0.5, 0.999)); the heads use Adam's defaults, as in the reference.
+
+        ``lr_d_mult`` scales the discriminators' rate (1 in the reference; the two
+        time-scale rule of Heusel et al. 2017 for a discriminator that learns too slowly).
+        """
         super().setup(total_steps)
+        schedule = self.schedulers["G"].lr_lambdas[0]
+        mult = float(self.config.get("lr_d_mult", 1.0))
+        if mult != 1.0:
+            opt_d = torch.optim.Adam(self.param_groups()["D"], lr=self.lr * mult, betas=self.betas)
+            self.optimizers["D"] = opt_d
+            self.schedulers["D"] = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
         heads = list(self.nets["F1"].parameters()) + list(self.nets["F2"].parameters())
         opt = torch.optim.Adam(heads, lr=self.config["lr_heads"])
         self.optimizers["F"] = opt
-        self.schedulers["F"] = torch.optim.lr_scheduler.LambdaLR(opt, self.schedulers["G"].lr_lambdas[0])
+        self.schedulers["F"] = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     def _nce(self, src: torch.Tensor, out: torch.Tensor, enc_src, enc_out, head_src, head_out) -> torch.Tensor:
         """Dual PatchNCE: ``out``'s patches (other generator's encoder) must match ``src``'s (own encoder)."""
@@ -392,6 +402,7 @@ _COMMON = {
     "lambda_nce": 2.0,
     "lambda_idt": 1.0,
     "lr_heads": 1e-3,
+    "lr_d_mult": 1.0,
     "init_gain": 0.02,
 }
 
