@@ -53,8 +53,8 @@ def test_encoder_features_and_output_range():
 def test_additive_rain_mostly_subtracts_when_deraining_and_mostly_adds_when_rainifying():
     """Same weights with and without the constraint: a wrong-sign residual passes at a tenth."""
     torch.manual_seed(0)
-    bundle = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0))  # a large residual, so the sign shows
-    free = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0, additive_rain=False))
+    bundle = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0, additive_rain=True))  # large residual: sign shows
+    free = SPEC.build(SPEC.config("cpu", **TINY, init_gain=1.0))
     free.load_state_dict(bundle.state_dict())
     x = torch.rand(1, 3, 24, 24) * 2 - 1
     slope = dcdgan.WRONG_SIGN_SLOPE
@@ -66,7 +66,7 @@ def test_additive_rain_mostly_subtracts_when_deraining_and_mostly_adds_when_rain
             expected = x + sign * torch.where(y > 0, y, slope * y)
             assert torch.allclose(bundle[name](x), expected, atol=1e-6)
     with pytest.raises(ValueError, match="global_residual"):
-        SPEC.build(SPEC.config("cpu", **TINY, global_residual=False))
+        SPEC.build(SPEC.config("cpu", **TINY, global_residual=False, additive_rain=True))
 
 
 def test_short_unpaired_run_lowers_generator_loss():
