@@ -97,6 +97,18 @@ def test_discriminator_rate_multiplier_follows_the_shared_schedule():
     assert lr["D"] == pytest.approx(4.0 * lr["G"]) and lr["G"] < recipe.lr  # scaled, and still annealed
 
 
+def test_discriminator_init_gain_is_its_own_config_value():
+    def first_conv_std(**overrides):
+        torch.manual_seed(0)
+        recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, **overrides), "unpaired")
+        return recipe.nets["D_A"].model[0].weight.std().item(), recipe.nets["F1"].mlps[0][0].weight.std().item()
+
+    d_ref, f_ref = first_conv_std()
+    d_big, f_same = first_conv_std(init_gain_d=1.0)
+    assert d_big == pytest.approx(50 * d_ref, rel=0.05)  # Xavier std is linear in the gain
+    assert f_same == pytest.approx(f_ref)  # the projection heads keep init_gain
+
+
 def test_recipe_rejects_paired_mode():
     with pytest.raises(ValueError, match="unpaired"):
         SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired")
