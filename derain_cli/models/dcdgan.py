@@ -32,8 +32,8 @@ the streaks left alone. ``lr_d_mult`` scales the discriminators' learning
 rate, for discriminators that sit at chance. Neither lifted validation PSNR in
 1,000-step CPU probes (see the README). ``init_gain_d`` is the discriminators'
 Xavier gain (0.02 in the reference): trained alone on clean vs rainy Rain100L
-crops, our small PatchGAN told them apart 61% of the time after 1,000 steps
-with gain 0.02 and 81% with gain 1.0.
+crops, our small PatchGAN told them apart 55% of the time after 1,000 steps
+with gain 0.02 and 75% with gain 1.0 (``benchmarks/dcdgan_discriminator_probe.py``).
 """
 from __future__ import annotations
 
