@@ -109,6 +109,18 @@ def test_discriminator_init_gain_is_its_own_config_value():
     assert f_same == pytest.approx(f_ref)  # the projection heads keep init_gain
 
 
+def test_brightness_jitter_shifts_each_image_as_a_whole_within_the_amount():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 3, 8, 8)  # mid-grey in [-1, 1], so no clamping
+    assert torch.equal(dcdgan.jitter_brightness(x, 0.0), x)
+    shifted = dcdgan.jitter_brightness(x, 0.04)
+    per_image = shifted.flatten(1)
+    assert torch.equal(per_image.min(1).values, per_image.max(1).values)  # one shift per image, all channels
+    shifts = per_image[:, 0] / 2  # back to [0, 1] units
+    assert shifts.abs().max() <= 0.04 and shifts.std() > 0.01  # bounded, and really random
+    assert dcdgan.jitter_brightness(torch.ones(4, 3, 2, 2), 0.5).max() <= 1.0  # stays in range
+
+
 def test_recipe_rejects_paired_mode():
     with pytest.raises(ValueError, match="unpaired"):
         SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired")

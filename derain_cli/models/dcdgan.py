@@ -251,6 +251,20 @@ def hinge_g_loss(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
 
 
+def jitter_brightness(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """Shift each image's brightness by U(-amount, amount) (in [0, 1] units) on a [-1, 1] tensor.
+
+    Unpaired sets differ in average brightness by chance (RainTrainL clean 001-100
+    average 107.5/255, rainy 101-190 106.4/255 whose own clean frames average 100.8),
+    and a discriminator uses that cue before it learns what rain looks like; the
+    generator then brightens everything. Random shifts much larger than the gap hide it.
+    """
+    if amount <= 0:
+        return x
+    shift = (torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * (2 * amount)
+    return (x + shift).clamp(-1, 1)
+
+
 def init_xavier(module: nn.Module, gain: float = 0.02) -> None:
     """The reference init: Xavier-normal weights with gain 0.02, zero biases."""
     for m in module.modules():
@@ -353,8 +367,8 @@ class DCDGANRecipe(Recipe):
         n, cfg = self.nets, self.config
         G = n["bundle"]
         device = next(G.parameters()).device
-        real_A = torch.as_tensor(batch["rainy"], device=device) * 2 - 1
-        real_B = torch.as_tensor(batch["clean"], device=device) * 2 - 1
+        real_A = jitter_brightness(torch.as_tensor(batch["rainy"], device=device) * 2 - 1, cfg.get("brightness_jitter", 0))
+        real_B = jitter_brightness(torch.as_tensor(batch["clean"], device=device) * 2 - 1, cfg.get("brightness_jitter", 0))
 
         def G_A(*args, **kwargs):
             return G("G_A", *args, **kwargs)
@@ -412,6 +426,7 @@ _COMMON = {
     "lr_d_mult": 1.0,
     "init_gain": 0.02,
     "init_gain_d": 0.02,
+    "brightness_jitter": 0.0,
 }
 
 PRESETS = {
