@@ -16,7 +16,7 @@ MODEL_NAMES: tuple[str, ...] = ("dualstage", "semimsn", "dcdgan", "jrgr", "rainf
 
 
 #: The best shipped model by measured Rain100L PSNR (see weights.toml); update when weights change.
-DEFAULT_MODEL = "jrgr"
+DEFAULT_MODEL = "dualstage"
 #: What ``derain train`` trains when no ``--model`` is given, per kind of data: the
 #: architecture that learned best on a CPU for paired/semi data (jrgr's removal U-Net),
 #: and the general unpaired translator (rainfog is the one for foggy rain).
