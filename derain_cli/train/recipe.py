@@ -65,9 +65,13 @@ class Recipe:
             return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
         for name, params in self.param_groups().items():
-            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+            opt = torch.optim.Adam(params, lr=self.group_lr(name), betas=self.betas)
             self.optimizers[name] = opt
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+    def group_lr(self, name: str) -> float:
+        """Peak learning rate of one parameter group (all share ``lr`` unless a recipe says otherwise)."""
+        return self.lr
 
     # -- one step ---------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
