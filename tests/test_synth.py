@@ -83,6 +83,20 @@ def test_rain_layers_are_bounded_and_heavy_is_denser():
     assert np.mean(heavy) > np.mean(light) > 0
 
 
+def _soft_share(layer: np.ndarray) -> float:
+    """Share of covered pixels (> 0.02) below half the layer's peak: the streaks' soft edges."""
+    covered = layer > 0.02
+    return float((covered & (layer < 0.5 * layer.max())).sum() / max(covered.sum(), 1))
+
+
+def test_fine_rain_has_soft_streaks_and_is_reproducible():
+    fine = [_soft_share(render_rain(96, 96, np.random.default_rng(s), "fine")[0]) for s in range(4)]
+    drizzle = [_soft_share(render_rain(96, 96, np.random.default_rng(s), "drizzle")[0]) for s in range(4)]
+    assert min(fine) > max(drizzle)
+    a, b = render_rain(40, 50, np.random.default_rng(3), "fine")[0], render_rain(40, 50, np.random.default_rng(3), "fine")[0]
+    assert np.array_equal(a, b) and 0 < a.max() <= 1
+
+
 def test_odd_sizes_and_no_rain_no_fog_keep_the_image():
     c = _clean(37, 53)
     out, params = synthesize(c, 1, rain="none", fog=0.0)

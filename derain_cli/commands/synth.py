@@ -14,7 +14,7 @@ EVAL_SETS = ("rain100l-fog",)
 def synth(
     src: Optional[Path] = typer.Argument(None, help="Folder of clean images (or rainy ones with --clean)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: rainy/, clean/ and params/ are written there."),
-    rain: str = typer.Option("light", "--rain", help="Rain streaks: drizzle, light, heavy or none."),
+    rain: str = typer.Option("light", "--rain", help="Rain streaks: fine (like Rain100L), drizzle, light, heavy or none."),
     fog: str = typer.Option("0", "--fog", help="Fog strength 0..1, or a range like 0.2-0.8 drawn per image."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
     clean: Optional[Path] = typer.Option(None, "--clean", help="Ground-truth folder when SRC is already rainy."),
