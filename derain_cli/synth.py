@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-#: Rain presets: (layers, streak density range, length range px, intensity range, width px).
+#: Rain presets: (layers, streak density range, length range px, intensity range, width px, optional blur sigma px).
 #: ``drizzle`` is as sparse as Rain100L's streaks (about 5% of pixels covered; ``light`` covers about 20%).
 #: ``fine`` imitates the Photoshop-style rain of Rain100L/RainTrainL: many thin streaks, soft-edged
 #: (``blur``: Gaussian sigma range in px applied to the drops before the motion blur) and of
@@ -27,7 +27,7 @@ RAIN_PRESETS: dict[str, dict[str, Any]] = {
     "light": {"layers": (1, 3), "density": (0.0008, 0.003), "length": (15, 45), "intensity": (0.2, 0.55), "width": (1, 2)},
     "heavy": {"layers": (3, 5), "density": (0.006, 0.016), "length": (18, 45), "intensity": (0.35, 0.75), "width": (1, 3)},
 }
-RAIN_CHOICES = ("fine", "drizzle", "light", "heavy", "none")
+RAIN_CHOICES = (*RAIN_PRESETS, "none")
 
 #: ``fog = 1`` gives ``beta = FOG_BETA`` on a depth map in [0, 1] (farthest transmission ~0.1).
 FOG_BETA = 2.3
