@@ -127,6 +127,22 @@ def render_rain(h: int, w: int, rng: np.random.Generator, preset: str = "light")
     return rain, layers
 
 
+def rain_mix_layers(n: int, h: int, w: int, rng: np.random.Generator, mix: dict[str, float]) -> np.ndarray:
+    """``n`` rain layers ``(n, H, W)``, each from a preset drawn from ``mix`` (preset -> probability).
+
+    ``"none"`` in the mix gives an empty layer, so a model trained on the result
+    also learns to leave rain-free images alone. The training priors of the
+    unpaired models use it.
+    """
+    kinds, probs = zip(*mix.items())
+    probs = np.asarray(probs, np.float64) / sum(probs)
+    layers = []
+    for _ in range(n):
+        kind = kinds[int(rng.choice(len(kinds), p=probs))]
+        layers.append(np.zeros((h, w), np.float32) if kind == "none" else render_rain(h, w, rng, kind)[0])
+    return np.stack(layers)
+
+
 def parse_fog(text: str | float) -> tuple[float, float]:
     """``"0.5"`` -> (0.5, 0.5); ``"0.2-0.8"`` -> (0.2, 0.8) (drawn per image)."""
     s = str(text).strip()

@@ -121,6 +121,37 @@ def test_brightness_jitter_shifts_each_image_as_a_whole_within_the_amount():
     assert dcdgan.jitter_brightness(torch.ones(4, 3, 2, 2), 0.5).max() <= 1.0  # stays in range
 
 
+def test_rain_prior_scores_the_rain_left_in_and_trains_streaks_out():
+    """``w_prior``: G_A must return a clean crop from that crop plus procedural rain.
+
+    An identity G_A is charged exactly the added rain; a rain-free mix charges nothing;
+    and 100 prior-only steps on a flat crop make G_A take much of the rain out.
+    """
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, w_prior=1.0, prior_rain={"fine": 1.0})
+    recipe = SPEC.recipe(SPEC, cfg, "unpaired", lr=2e-3)
+    clean = torch.full((2, 3, 48, 48), -0.4)  # [-1, 1]; dark, so the rain is not clipped
+
+    rain = torch.as_tensor(dcdgan.rain_mix_layers(2, 48, 48, np.random.default_rng([3, 4099]), {"fine": 1.0}))
+    assert rain.max() > 0.1
+    identity_loss = recipe._prior(lambda x: x, clean, 3)
+    assert identity_loss.item() == pytest.approx((2 * rain).mean().item(), rel=1e-4)
+    recipe.config["prior_rain"] = {"none": 1.0}
+    assert recipe._prior(lambda x: x, clean, 3).item() == 0.0
+    recipe.config["prior_rain"] = {"fine": 1.0}
+
+    G_A = recipe.bundle["G_A"]
+    opt = torch.optim.Adam(G_A.parameters(), lr=2e-3)
+    for step in range(100):
+        opt.zero_grad()
+        recipe._prior(G_A, clean, step % 4).backward()
+        opt.step()
+    with torch.no_grad():
+        left = sum(recipe._prior(G_A, clean, s).item() for s in range(4))
+        added = sum(recipe._prior(lambda x: x, clean, s).item() for s in range(4))
+    assert left < 0.8 * added
+
+
 def test_recipe_rejects_paired_mode():
     with pytest.raises(ValueError, match="unpaired"):
         SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "paired")

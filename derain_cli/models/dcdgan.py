@@ -37,16 +37,24 @@ crops, our small PatchGAN told them apart 55% of the time after 1,000 steps
 with gain 0.02 and 75% with gain 1.0 (``benchmarks/dcdgan_discriminator_probe.py``).
 ``brightness_jitter`` hides a brightness gap between the unpaired sets
 (:func:`jitter_brightness`).
+
+``w_prior`` (session 6) adds a rain prior that needs no pairs: clean crops plus
+procedural streaks from :func:`derain_cli.synth.render_rain` (mix ``prior_rain``)
+must come back clean through ``G_A``, as in ``rainfog``. It is not in the paper;
+it gives the generator a signal about what rain is while the discriminators are
+still near chance.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import ModelSpec
+from ..synth import rain_mix_layers
 from ..train.recipe import Recipe
 
 # ---------------------------------------------------------------------------
@@ -362,6 +370,19 @@ class DCDGANRecipe(Recipe):
         total = sum(patch_nce_loss(q, k, cfg["nce_tau"], src.shape[0]).mean() for q, k in zip(q_pool, k_pool))
         return total / len(self.nce_layers)
 
+    def _prior(self, G_A, real_B: torch.Tensor, step: int) -> torch.Tensor:
+        """L1 of ``G_A`` on clean crops under procedural rain (``prior_rain``), times ``w_prior``.
+
+        Rain adds light (O = B + R), so the clean crop with a rendered streak layer
+        added is a rainy image whose background is known: a supervised signal that
+        needs no paired data. Seeded by the step, so a resumed run draws the same rain.
+        """
+        b, _, h, w = real_B.shape
+        rng = np.random.default_rng([int(step), 4099])
+        rain = torch.as_tensor(rain_mix_layers(b, h, w, rng, self.config.get("prior_rain", _COMMON["prior_rain"])), device=real_B.device, dtype=real_B.dtype)
+        rainy = (real_B + 2 * rain[:, None]).clamp(-1, 1)
+        return F.l1_loss(G_A(rainy), real_B) * self.config["w_prior"]
+
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         n, cfg = self.nets, self.config
         G = n["bundle"]
@@ -403,13 +424,15 @@ class DCDGANRecipe(Recipe):
         loss_idt_A = F.l1_loss(idt_A, real_B) * cfg["lambda_idt"]
         loss_idt_B = F.l1_loss(idt_B, real_A) * cfg["lambda_idt"]
         loss_G = 0.5 * (loss_G_A + loss_G_B) + 0.5 * (loss_NCE1 + loss_NCE2) + 0.5 * (loss_idt_A + loss_idt_B)
+        loss_prior = self._prior(G_A, real_B, step) if cfg.get("w_prior", 0.0) > 0 else torch.zeros((), device=device)
+        loss_G = loss_G + loss_prior
         loss_G.backward()
         opt_G.step()
         opt_F.step()
         self.set_requires_grad([D_A, D_B], True)
         terms = {
             "G": loss_G, "G_A": loss_G_A, "G_B": loss_G_B, "NCE1": loss_NCE1, "NCE2": loss_NCE2,
-            "idt_A": loss_idt_A, "idt_B": loss_idt_B, "D_A": loss_D_A, "D_B": loss_D_B,
+            "idt_A": loss_idt_A, "idt_B": loss_idt_B, "D_A": loss_D_A, "D_B": loss_D_B, "prior": loss_prior,
         }
         return {k: float(v.detach()) for k, v in terms.items()}
 
@@ -428,6 +451,8 @@ _COMMON = {
     "init_gain_d": 0.02,
     "brightness_jitter": 0.0,
     "additive_rain": False,
+    "w_prior": 0.0,
+    "prior_rain": {"none": 0.1, "fine": 0.6, "drizzle": 0.2, "light": 0.1},
 }
 
 PRESETS = {

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ModelSpec
-from ..synth import FOG_BETA, degrade, render_rain, restore
+from ..synth import FOG_BETA, degrade, rain_mix_layers, render_rain, restore
 from ..train.recipe import Recipe
 from .common import charbonnier, pad_to_multiple
 
@@ -294,13 +294,8 @@ def procedural_degradation(clean: torch.Tensor, rng: np.random.Generator,
     """
     b, _, h, w = clean.shape
     dev, dt = clean.device, clean.dtype
-    kinds, probs = zip(*(rain_mix or LEGACY_PRIOR_RAIN).items())
-    probs = np.asarray(probs, np.float64) / sum(probs)
-    rs = []
-    for _ in range(b):
-        kind = kinds[int(rng.choice(len(kinds), p=probs))]
-        rs.append(np.zeros((h, w), np.float32) if kind == "none" else render_rain(h, w, rng, kind)[0])
-    r = torch.as_tensor(np.stack(rs), device=dev, dtype=dt)[:, None].expand(b, 3, h, w).contiguous()
+    rs = rain_mix_layers(b, h, w, rng, rain_mix or LEGACY_PRIOR_RAIN)
+    r = torch.as_tensor(rs, device=dev, dtype=dt)[:, None].expand(b, 3, h, w).contiguous()
     beta = torch.as_tensor(rng.uniform(0.0, FOG_BETA * 0.9, b), device=dev, dtype=dt)
     beta = beta * torch.as_tensor(rng.random(b) >= fog_free, device=dev, dtype=dt)
     d0 = torch.as_tensor(rng.uniform(0.2, 1.0, b), device=dev, dtype=dt)
