@@ -390,10 +390,10 @@ class RainFogRecipe(Recipe):
         return out
 
 
-_LOSS = {"w_cycle": 1.0, "w_prior": 2.0, "w_feat": 0.5, "w_rain": 5.0, "w_adv": 0.05, "step_seeded": True,
+_LOSS = {"w_cycle": 1.0, "w_prior": 3.0, "w_feat": 0.5, "w_rain": 5.0, "w_adv": 0.05, "step_seeded": True,
          # the procedural prior: rain preset -> probability, and the share of fog-free crops; mostly
          # `fine` streaks, which look like Rain100L's (session 4's weights used none 0.15, drizzle 0.4,
-         # light 0.3, heavy 0.15 with w_prior 1)
+         # light 0.3, heavy 0.15 with w_prior 1; session 5's w_prior 2)
          "prior_rain": {"none": 0.1, "fine": 0.55, "drizzle": 0.15, "light": 0.1, "heavy": 0.1}, "prior_fog_free": 0.35}
 
 PRESETS = {
