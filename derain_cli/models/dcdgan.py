@@ -380,9 +380,10 @@ class DCDGANRecipe(Recipe):
         needs no paired data. Seeded by the step, so a resumed run draws the same rain.
         """
         b, _, h, w = real_B.shape
-        rng = np.random.default_rng([int(step), 4099])
-        rain = torch.as_tensor(rain_mix_layers(b, h, w, rng, self.config.get("prior_rain", _COMMON["prior_rain"])), device=real_B.device, dtype=real_B.dtype)
-        rainy = (real_B + 2 * rain[:, None]).clamp(-1, 1)
+        mix = self.config.get("prior_rain", _COMMON["prior_rain"])
+        layers = rain_mix_layers(b, h, w, np.random.default_rng([int(step), 4099]), mix)
+        rain = torch.as_tensor(layers, device=real_B.device, dtype=real_B.dtype)[:, None]
+        rainy = (real_B + 2 * rain).clamp(-1, 1)  # [-1, 1] images: a [0, 1] layer counts twice
         return F.l1_loss(G_A(rainy), real_B) * self.config["w_prior"]
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
