@@ -226,3 +226,38 @@ def test_shipped_weights_load_and_stay_close_to_the_input():
         rainy, clean = read_rgb8(f), read_rgb8(SAMPLES / "crops" / "clean" / f.name)
         assert psnr_y(derain.process(rainy), clean) > psnr_y(rainy, clean) - 1.5
         assert psnr_y(rainify.process(clean), clean) > 25.0
+
+
+def test_full_resolution_generator_keeps_every_layer_at_the_input_size():
+    """``n_downsampling=0``: the residual blocks see full resolution, so the odd size passes unpadded."""
+    cfg = SPEC.config("cpu", ngf=8, n_blocks=3, n_downsampling=0, nce_layers=[3, 5, 6])
+    G = SPEC.build(cfg)["G_A"]
+    expected = (3 * 8 * 49 + 8) + 3 * 2 * (8 * 8 * 9 + 8) + (8 * 3 * 49 + 3)  # stem, blocks, head
+    assert sum(p.numel() for p in G.parameters()) == expected
+    x = torch.rand(1, 3, 37, 53) * 2 - 1
+    out, feats = G(x, [3, 5, 6])
+    assert out.shape == x.shape
+    assert [f.shape[-2:] for f in feats] == [x.shape[-2:]] * 3
+
+
+def test_full_resolution_generator_learns_the_rain_prior_faster_than_the_reference_layout():
+    """Why the option exists: 1-pixel streaks are hard to remove through a quarter-resolution bottleneck.
+
+    Same width, depth, seed and steps; only ``n_downsampling`` differs.
+    """
+    clean = torch.full((2, 3, 48, 48), -0.4)
+    left = {}
+    for n_down, layers in ((2, [4, 8, 12, 13]), (0, [3, 4, 5])):
+        torch.manual_seed(0)
+        cfg = SPEC.config("cpu", **{**TINY, "nce_layers": layers}, n_downsampling=n_down, w_prior=1.0,
+                          prior_rain={"fine": 1.0})
+        recipe = SPEC.recipe(SPEC, cfg, "unpaired")
+        G_A = recipe.bundle["G_A"]
+        opt = torch.optim.Adam(G_A.parameters(), lr=2e-3)
+        for step in range(60):
+            opt.zero_grad()
+            recipe._prior(G_A, clean, step % 4).backward()
+            opt.step()
+        with torch.no_grad():
+            left[n_down] = sum(recipe._prior(G_A, clean, s).item() for s in range(4))
+    assert left[0] < 0.8 * left[2], left  # 0.67 when written
