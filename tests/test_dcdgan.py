@@ -15,7 +15,8 @@ SAMPLES = Path(dcdgan.__file__).resolve().parents[1] / "data" / "samples"
 SHIPPED = Path(dcdgan.__file__).resolve().parents[1] / "data" / "weights" / "dcdgan.safetensors"
 
 #: A generator small enough to train for a few steps inside a test.
-TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32)
+TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32, n_downsampling=2,
+            w_prior=0.0)
 
 
 def test_patchnce_prefers_matching_patches():
@@ -129,7 +130,7 @@ def test_rain_prior_scores_the_rain_left_in_and_trains_streaks_out():
     and 100 prior-only steps on a flat crop make G_A take much of the rain out.
     """
     torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, w_prior=1.0, prior_rain={"fine": 1.0})
+    cfg = SPEC.config("cpu", **{**TINY, "w_prior": 1.0}, prior_rain={"fine": 1.0})
     recipe = SPEC.recipe(SPEC, cfg, "unpaired")  # its optimizers are not used: the test has its own
     clean = torch.full((2, 3, 48, 48), -0.4)  # [-1, 1]; dark, so the rain is not clipped
 
@@ -249,7 +250,7 @@ def test_full_resolution_generator_learns_the_rain_prior_faster_than_the_referen
     left = {}
     for n_down, layers in ((2, [4, 8, 12, 13]), (0, [3, 4, 5])):
         torch.manual_seed(0)
-        cfg = SPEC.config("cpu", **{**TINY, "nce_layers": layers}, n_downsampling=n_down, w_prior=1.0,
+        cfg = SPEC.config("cpu", **{**TINY, "nce_layers": layers, "n_downsampling": n_down, "w_prior": 1.0},
                           prior_rain={"fine": 1.0})
         recipe = SPEC.recipe(SPEC, cfg, "unpaired")
         G_A = recipe.bundle["G_A"]
@@ -261,3 +262,17 @@ def test_full_resolution_generator_learns_the_rain_prior_faster_than_the_referen
         with torch.no_grad():
             left[n_down] = sum(recipe._prior(G_A, clean, s).item() for s in range(4))
     assert left[0] < 0.8 * left[2], left  # 0.67 when written
+
+
+def test_cpu_preset_trains_at_full_resolution_with_the_rain_prior():
+    """The shipped CPU layout: NCE layers exist in the full-resolution generator and the prior is on."""
+    cfg = SPEC.config("cpu", num_patches=32, nce_dim=32)
+    assert cfg["n_downsampling"] == 0 and cfg["w_prior"] > 0
+    recipe = SPEC.recipe(SPEC, cfg, "unpaired")
+    recipe.setup(4)
+    feats = recipe.bundle["G_A"](torch.zeros(1, 3, 20, 28), cfg["nce_layers"], encode_only=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(cfg["ngf"], 20, 28)] * len(cfg["nce_layers"])
+    torch.manual_seed(0)
+    batch = {"clean": torch.rand(2, 3, 32, 32), "rainy": torch.rand(2, 3, 32, 32)}
+    terms = recipe.train_step(batch, 0)
+    assert terms["prior"] > 0 and all(np.isfinite(v) for v in terms.values())

@@ -28,7 +28,8 @@ from clirun import derain  # noqa: E402
 
 SEMIMSN_TINY = dict(channels=4, units=1, cclb_depth=1)
 DUALSTAGE_TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2)
-DCDGAN_TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32)
+DCDGAN_TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32,
+                   n_downsampling=2, w_prior=0.0)
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
