@@ -207,25 +207,26 @@ def test_rainify_refuses_model_without_rain_generator(tmp_path, tiny_pairs):
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_weights_load_and_stay_close_to_the_input():
-    """The bundled file loads through the registry (sha256-checked) and both directions run.
+def test_shipped_weights_load_raise_psnr_and_render_rain():
+    """The bundled file loads through the registry (sha256-checked), G_A derains, G_B runs.
 
-    The shipped CPU run has not learned to derain yet (Rain100L 26.59 dB vs 26.90
-    input, see weights.toml), so this checks sanity, not improvement: the output
-    must stay within 1.5 dB of the input's PSNR; broken weights fall far below.
+    Session 8's weights gain about 2 dB on the bundled crops (29.8 -> 31.7); the
+    release before them lost 0.3 dB on Rain100L, which this bound would have caught.
+    G_B still renders little rain (README), so it is only checked to stay an image of
+    the same scene.
     """
+    from shipped import psnr_gain_on_crops
+
     from derain_cli.api import load_model
     from derain_cli.imageio import read_rgb8
     from derain_cli.metrics import psnr_y
 
     assert SHIPPED.is_file()
-    rainy_files = sorted((SAMPLES / "crops" / "rainy").glob("*.png"))
-    assert rainy_files
-    derain = load_model("dcdgan", device="cpu")
+    before, after = psnr_gain_on_crops("dcdgan")
+    assert after > before + 1.0, (before, after)
     rainify = load_model("dcdgan", device="cpu", task="rainify")
-    for f in rainy_files:
-        rainy, clean = read_rgb8(f), read_rgb8(SAMPLES / "crops" / "clean" / f.name)
-        assert psnr_y(derain.process(rainy), clean) > psnr_y(rainy, clean) - 1.5
+    for f in sorted((SAMPLES / "crops" / "clean").glob("*.png")):
+        clean = read_rgb8(f)
         assert psnr_y(rainify.process(clean), clean) > 25.0
 
 
