@@ -6,9 +6,7 @@ derained whole, and a ``--crop`` square from the centre of each is shown, so str
 stay visible at the sheet's size. Usage (from the repo root), the two figures in the README:
 
     python benchmarks/real_rain_sheet.py --out docs/jrgr_real.png --photos 2.jpg 88.jpg 14.jpg 61.jpg \\
-        --crop 160 --row "G1 (shipped)=jrgr:synthetic" \\
-        --row "G3 stage 2 A=jrgr:real@runs/jrgr_stage2.safetensors" \\
-        --row "G3 stage 2 B=jrgr:real@runs/jrgr_stage2b.safetensors"
+        --crop 160 --row "G1 (stage 1)=jrgr:synthetic" --row "G3 (stage 2)=jrgr:real"
     python benchmarks/real_rain_sheet.py --out docs/semimsn_real.png --photos 2.jpg 88.jpg 14.jpg 61.jpg \\
         --crop 160 --row "semi, 8066 steps=semimsn@runs/semimsn2/model.safetensors" \\
         --row "paired only, 8245 steps=semimsn@runs/semimsn_paired_final.safetensors"

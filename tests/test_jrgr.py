@@ -196,12 +196,161 @@ def test_rainify_needs_weights_whose_rain_generator_was_trained(tiny_pairs):
     load_model("jrgr", weights=s2, device="cpu", task="rainify")
 
 
-def test_shipped_weights_refuse_to_rainify_until_stage_2_has_run():
+def test_shipped_weights_render_rain_that_adds_light():
+    """The bundled file's G2 is trained (stage 2): rainify brightens thin streaks into the scene.
+
+    Rain adds light (O = B + R), so the output must be brighter than the clean crop on
+    average, visibly changed (more than 1/255 of mean change), yet still the same scene.
+    """
     from derain_cli.api import load_model
-    from derain_cli.errors import DerainError
+    from derain_cli.imageio import read_rgb8
+    from derain_cli.metrics import psnr_y
     from derain_cli.weights import entry
 
-    if entry("jrgr").tasks != ["derain"]:
-        pytest.skip("the shipped jrgr weights include a trained rain generator")
-    with pytest.raises(DerainError, match="jrgr.safetensors \\(jrgr\\) was not trained to rainify"):
-        load_model("jrgr", device="cpu", task="rainify")
+    from shipped import CROPS
+
+    assert "rainify" in entry("jrgr").tasks
+    rainify = load_model("jrgr", device="cpu", task="rainify", threads=1)
+    for f in sorted((CROPS / "clean").glob("*.png"))[:3]:
+        clean = read_rgb8(f)
+        rainy = rainify.process(clean)
+        diff = rainy.astype(np.float64) - clean
+        assert diff.mean() > 1.0, (f.name, diff.mean())
+        assert psnr_y(rainy, clean) > 20.0
+
+
+# ----------------------------------------------------------------------------- stage-2 options (off by default)
+
+
+def test_stage2_options_are_off_by_default_in_both_presets():
+    for preset in ("cpu", "paper"):
+        cfg = SPEC.config(preset)
+        assert cfg["disc_highpass"] == 0 and cfg["lambda_anchor"] == 0 and cfg["remover_bn_fixed"] is False
+        d = jrgr.build_discriminators(cfg)
+        assert all(isinstance(net, jrgr.PatchDiscriminator) for net in d.values())
+
+
+def test_high_pass_removes_flat_scene_and_keeps_thin_streaks():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(jrgr.high_pass(x, 0.0), x)
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    assert jrgr.high_pass(flat, 1.5).abs().max() < 1e-6
+    streak = flat.clone()
+    streak[..., :, 16] += 0.5  # a one-pixel vertical streak
+    hp = jrgr.high_pass(streak, 1.5)
+    assert hp.shape == streak.shape
+    assert hp[..., 16].mean() > 0.2 and hp[..., 4].abs().max() < 1e-6
+
+
+def test_highpass_discriminators_ignore_global_brightness():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, disc_highpass=1.5)
+    d = jrgr.build_discriminators(cfg).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for name in ("real", "synthetic", "background"):
+            assert torch.allclose(d[name](x), d[name](x + 0.4), atol=1e-5), name
+    plain = jrgr.build_discriminators(SPEC.config("cpu", **TINY)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(plain["real"](x), plain["real"](x + 0.4), atol=1e-3)
+    # a recipe built with the option trains through it
+    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
+    recipe.setup(4)
+    assert "d_real" in recipe.train_step(_tiny_batch(2, 32), 0)
+
+
+def test_anchor_only_penalises_g3_leaving_more_light_than_g1():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, lambda_anchor=10.0)
+    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
+    recipe.setup(4)
+    g = recipe.nets["bundle"]
+    g["g3"].load_state_dict(g["g1"].state_dict())
+    g.eval()
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    b1, _ = jrgr.decompose(g["g1"], real)
+    assert recipe.anchor_loss(b1, real).item() == pytest.approx(0.0, abs=1e-7)
+    assert recipe.anchor_loss(b1 - 0.2, real).item() == pytest.approx(0.0, abs=1e-7)  # removing more is free
+    assert recipe.anchor_loss(b1 + 0.2, real).item() == pytest.approx(0.2, rel=1e-4)
+    assert "anchor" in recipe.train_step(_tiny_batch(2, 32), 0)
+    off = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY), "semi", lr=1e-3, stage=2)
+    assert off.anchor_loss(b1 + 0.2, real) is None
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_remover_bn_fixed_keeps_g3_statistics_while_it_learns(fixed):
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, remover_bn_fixed=fixed)
+    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
+    recipe.setup(10)
+    g3 = recipe.nets["bundle"]["g3"]
+    before = {n: t.clone() for n, t in g3.state_dict().items()}
+    batch = _tiny_batch(2, 32)
+    for s in range(3):
+        recipe.train_step(batch, s)
+        recipe.end_step()
+    after = g3.state_dict()
+    stats = [n for n in before if "running_" in n]
+    assert stats
+    assert all(torch.equal(after[n], before[n]) for n in stats) == fixed
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.endswith("weight"))
+
+
+def test_remover_delay_holds_g3_while_the_translators_learn():
+    torch.manual_seed(0)
+    cfg = SPEC.config("cpu", **TINY, remover_delay=0.5)
+    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
+    recipe.setup(8)
+    g = recipe.nets["bundle"]
+    g3_before = [p.clone() for p in g["g3"].parameters()]
+    g3_state = {n: t.clone() for n, t in g["g3"].state_dict().items()}
+    g2_before = [p.clone() for p in g["g2"].parameters()]
+    batch = _tiny_batch(2, 32)
+    for s in range(4):  # the first half of stage 2: G3's rate is 0, the translators' is not
+        assert recipe.optimizers["g"].param_groups[-1]["lr"] == 0
+        recipe.train_step(batch, s)
+        recipe.end_step()
+    # held exactly, BatchNorm statistics included (remover_bn_fixed is off here)
+    assert all(torch.equal(t, g3_state[n]) for n, t in g["g3"].state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(g2_before, g["g2"].parameters()))
+    assert recipe.optimizers["g"].param_groups[-1]["lr"] > 0
+    recipe.train_step(batch, 4)
+    assert any(not torch.equal(a, b) for a, b in zip(g3_before, g["g3"].parameters()))
+
+
+def test_identity_term_is_logged_only_when_on():
+    torch.manual_seed(0)
+    batch = _tiny_batch(2, 32)
+    for weight, present in ((0.0, False), (5.0, True)):
+        recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, lambda_idt=weight), "semi", lr=1e-3, stage=2)
+        recipe.setup(4)
+        assert ("idt" in recipe.train_step(batch, 0)) == present
+
+
+def test_residual_translators_start_as_the_identity():
+    torch.manual_seed(0)
+    rain = torch.rand(1, 3, 32, 32) * 0.5
+    plain = SPEC.build(SPEC.config("cpu", **TINY)).eval()
+    res = SPEC.build(SPEC.config("cpu", **TINY, trans_residual=True)).eval()
+    with torch.no_grad():
+        assert (res["g2"](rain) - rain).abs().max() < 0.1  # N(0, 0.02) init: a small correction
+        assert (plain["g2"](rain) - rain).abs().mean() > 0.1  # the authors' translator starts near 0
+        clean = torch.zeros(1, 3, 32, 32)
+        made = SPEC.rainify_net(res)(clean)
+    assert made.max() > 0.3  # rainify draws the streak layer from the first step
+    assert set(res.state_dict()) == set(plain.state_dict())  # same parameters: old files still load
+
+
+def test_shipped_rain_generator_draws_visible_streaks():
+    from derain_cli.api import load_model
+    from derain_cli.weights import entry
+
+    if "rainify" not in entry("jrgr").tasks:
+        pytest.skip("the shipped jrgr weights have no trained rain generator")
+    clean = np.full((96, 96, 3), 90, np.uint8)
+    rainy = load_model("jrgr", device="cpu", task="rainify").process(clean).astype(int)
+    added = rainy - clean
+    # thin bright streaks on a small part of the image, not a uniform brightness shift
+    assert np.percentile(added, 99.5) > 25 and added.max() > 60, (np.percentile(added, 99.5), added.max())
+    assert np.median(np.abs(added)) < 6
