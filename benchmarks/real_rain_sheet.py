@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from figure_png import write_png
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_rain" / "train"
 PHOTOS = ("2.jpg", "14.jpg", "37.jpg", "61.jpg", "88.jpg")
@@ -76,11 +78,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    import cv2
-
     from derain_cli.api import load_model
     from derain_cli.imageio import read_rgb8
-    from derain_cli.weightfile import atomic_write_bytes
 
     photos = [fit_long_side(read_rgb8(args.data / name), args.size) for name in args.photos]
     rows = [("input", [center_crop(p, args.crop) for p in photos])]
@@ -98,11 +97,7 @@ def main() -> None:
         for i, crop in enumerate(crops):
             x = LABEL_W + i * (c + GAP)
             canvas[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
-    ok, buf = cv2.imencode(".png", canvas[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise SystemExit("could not encode the figure")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out, buf.tobytes())
+    write_png(canvas, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB): rows = input, "
           + ", ".join(parse_row(t)[0] for t in args.row))
 

@@ -81,10 +81,7 @@ def test_rainify_is_seeded_and_adds_rain_layer():
 
 
 def test_both_cycles_run_and_their_loss_falls():
-    torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, stage2_batch=0)
-    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
-    recipe.setup(30)
+    recipe = _stage2_recipe(30, stage2_batch=0)
     batch = _tiny_batch(2, 24)
     o = recipe.cycles(batch["rainy"] * 2 - 1, batch["real"] * 2 - 1)
     for k in ("Bs", "Rs", "Ot", "Bs2", "Os2", "Bt", "Rt", "Os", "Bt2", "Ot2"):
@@ -222,6 +219,14 @@ def test_shipped_weights_render_rain_that_adds_light():
 # ----------------------------------------------------------------------------- stage-2 options (off by default)
 
 
+def _stage2_recipe(steps: int, **overrides):
+    """A seeded stage-2 recipe of the tiny config, set up for ``steps`` steps."""
+    torch.manual_seed(0)
+    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, **overrides), "semi", lr=1e-3, stage=2)
+    recipe.setup(steps)
+    return recipe
+
+
 def test_stage2_options_are_off_by_default_in_both_presets():
     for preset in ("cpu", "paper"):
         cfg = SPEC.config(preset)
@@ -261,10 +266,7 @@ def test_highpass_discriminators_ignore_global_brightness():
 
 
 def test_anchor_only_penalises_g3_leaving_more_light_than_g1():
-    torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, lambda_anchor=10.0)
-    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
-    recipe.setup(4)
+    recipe = _stage2_recipe(4, lambda_anchor=10.0)
     g = recipe.nets["bundle"]
     g["g3"].load_state_dict(g["g1"].state_dict())
     g.eval()
@@ -280,10 +282,7 @@ def test_anchor_only_penalises_g3_leaving_more_light_than_g1():
 
 @pytest.mark.parametrize("fixed", [True, False])
 def test_remover_bn_fixed_keeps_g3_statistics_while_it_learns(fixed):
-    torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, remover_bn_fixed=fixed)
-    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
-    recipe.setup(10)
+    recipe = _stage2_recipe(10, remover_bn_fixed=fixed)
     g3 = recipe.nets["bundle"]["g3"]
     before = {n: t.clone() for n, t in g3.state_dict().items()}
     batch = _tiny_batch(2, 32)
@@ -298,10 +297,7 @@ def test_remover_bn_fixed_keeps_g3_statistics_while_it_learns(fixed):
 
 
 def test_remover_delay_holds_g3_while_the_translators_learn():
-    torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, remover_delay=0.5)
-    recipe = SPEC.recipe(SPEC, cfg, "semi", lr=1e-3, stage=2)
-    recipe.setup(8)
+    recipe = _stage2_recipe(8, remover_delay=0.5)
     g = recipe.nets["bundle"]
     g3_before = [p.clone() for p in g["g3"].parameters()]
     g3_state = {n: t.clone() for n, t in g["g3"].state_dict().items()}
