@@ -15,7 +15,17 @@ from conftest import REPO, make_rainy_pair
 SPEC = get_spec("jrgr")
 
 #: Smaller than the cpu preset so a few dozen steps take seconds.
-TINY = dict(unet_ngf=8, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2, pool_size=4)
+#: Tiny networks with the authors' stage 2 (the cpu preset's own stage-2 options off), so each
+#: option's test switches on just the one it checks.
+REFERENCE_STAGE2 = dict(remover_bn_fixed=False, trans_residual=False, disc_highpass=0.0, lambda_anchor=0.0,
+                        anchor_sigma=0.0, remover_delay=0.0, lambda_idt=0.0)
+TINY = dict(unet_ngf=8, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2, pool_size=4,
+            **REFERENCE_STAGE2)
+
+
+def _tiny_config(**overrides):
+    """The cpu preset with TINY's values, then ``overrides`` on top (they may replace TINY's)."""
+    return SPEC.config("cpu", **{**TINY, **overrides})
 
 
 def _tiny_batch(n=4, size=32, seed=0):
@@ -100,7 +110,7 @@ def test_both_cycles_run_and_their_loss_falls():
 
 def test_two_step_schedule_switches_and_g3_starts_from_g1():
     torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, stage1_fraction=0.5)
+    cfg = _tiny_config(stage1_fraction=0.5)
     recipe = SPEC.recipe(SPEC, cfg, "semi", stage=None)
     recipe.setup(10)
     assert [recipe.stage_at(s) for s in (0, 4, 5, 9)] == [1, 1, 2, 2]
@@ -157,7 +167,7 @@ def test_logged_learning_rate_follows_the_active_stage():
 
 def test_stage2_keeps_a_fixed_g1_exactly_batchnorm_statistics_included():
     torch.manual_seed(0)
-    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, g1_lr_scale=0.0, g3_lr_scale=1.0), "semi", lr=1e-3, stage=2)
+    recipe = SPEC.recipe(SPEC, _tiny_config(g1_lr_scale=0.0, g3_lr_scale=1.0), "semi", lr=1e-3, stage=2)
     recipe.setup(10)
     g = recipe.nets["bundle"]
     before = {k: {n: t.clone() for n, t in g[k].state_dict().items()} for k in ("g1", "g3")}
@@ -222,17 +232,20 @@ def test_shipped_weights_render_rain_that_adds_light():
 def _stage2_recipe(steps: int, **overrides):
     """A seeded stage-2 recipe of the tiny config, set up for ``steps`` steps."""
     torch.manual_seed(0)
-    recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, **overrides), "semi", lr=1e-3, stage=2)
+    recipe = SPEC.recipe(SPEC, _tiny_config(**overrides), "semi", lr=1e-3, stage=2)
     recipe.setup(steps)
     return recipe
 
 
-def test_stage2_options_are_off_by_default_in_both_presets():
-    for preset in ("cpu", "paper"):
-        cfg = SPEC.config(preset)
-        assert cfg["disc_highpass"] == 0 and cfg["lambda_anchor"] == 0 and cfg["remover_bn_fixed"] is False
-        d = jrgr.build_discriminators(cfg)
-        assert all(isinstance(net, jrgr.PatchDiscriminator) for net in d.values())
+def test_paper_preset_keeps_the_authors_stage2_and_cpu_preset_the_shipped_one():
+    from derain_cli.weights import entry
+
+    paper = SPEC.config("paper")
+    assert all(paper[k] == v for k, v in REFERENCE_STAGE2.items())
+    assert all(isinstance(net, jrgr.PatchDiscriminator) for net in jrgr.build_discriminators(paper).values())
+    cpu, shipped = SPEC.config("cpu"), entry("jrgr").config
+    assert cpu["remover_bn_fixed"] and cpu["disc_highpass"] > 0
+    assert {k: cpu[k] for k in shipped} == {k: shipped[k] for k in shipped}  # `derain train` reproduces it
 
 
 def test_high_pass_removes_flat_scene_and_keeps_thin_streaks():
@@ -250,7 +263,7 @@ def test_high_pass_removes_flat_scene_and_keeps_thin_streaks():
 
 def test_highpass_discriminators_ignore_global_brightness():
     torch.manual_seed(0)
-    cfg = SPEC.config("cpu", **TINY, disc_highpass=1.5)
+    cfg = _tiny_config(disc_highpass=1.5)
     d = jrgr.build_discriminators(cfg).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -319,7 +332,7 @@ def test_identity_term_is_logged_only_when_on():
     torch.manual_seed(0)
     batch = _tiny_batch(2, 32)
     for weight, present in ((0.0, False), (5.0, True)):
-        recipe = SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, lambda_idt=weight), "semi", lr=1e-3, stage=2)
+        recipe = SPEC.recipe(SPEC, _tiny_config(lambda_idt=weight), "semi", lr=1e-3, stage=2)
         recipe.setup(4)
         assert ("idt" in recipe.train_step(batch, 0)) == present
 
@@ -328,7 +341,7 @@ def test_residual_translators_start_as_the_identity():
     torch.manual_seed(0)
     rain = torch.rand(1, 3, 32, 32) * 0.5
     plain = SPEC.build(SPEC.config("cpu", **TINY)).eval()
-    res = SPEC.build(SPEC.config("cpu", **TINY, trans_residual=True)).eval()
+    res = SPEC.build(_tiny_config(trans_residual=True)).eval()
     with torch.no_grad():
         assert (res["g2"](rain) - rain).abs().max() < 0.1  # N(0, 0.02) init: a small correction
         assert (plain["g2"](rain) - rain).abs().mean() > 0.1  # the authors' translator starts near 0
