@@ -1,9 +1,17 @@
-"""Shared by the figure scripts: paste equal-sized crops on a white grid and write a PNG atomically."""
+"""Shared by the figure scripts: centre crops, pasted on a white grid, written as a PNG atomically."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` square (smaller if the image is)."""
+    h, w = img.shape[:2]
+    size = min(size, h, w)
+    y, x = (h - size) // 2, (w - size) // 2
+    return img[y:y + size, x:x + size]
 
 
 def grid(rows: list[list[np.ndarray]], cell: int, gap: int) -> np.ndarray:

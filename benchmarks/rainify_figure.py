@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figure_png import grid, write_png
+from figure_png import center_crop, grid, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 RAIN100L = REPO.parent / "shared" / "data" / "rain100l"
@@ -31,13 +31,6 @@ DEFAULTS = {
     "jrgr": (RAIN100L / "test", ("004", "021", "057"), 140, "Rain100L rain"),
 }
 GAP = 4
-
-
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    size = min(size, h, w)
-    y, x = (h - size) // 2, (w - size) // 2
-    return img[y:y + size, x:x + size]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figure_png import write_png
+from figure_png import center_crop, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_rain" / "train"
@@ -48,13 +48,6 @@ def fit_long_side(img: np.ndarray, size: int) -> np.ndarray:
     if scale >= 1:
         return img
     return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-
-
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    size = min(size, h, w)
-    y, x = (h - size) // 2, (w - size) // 2
-    return img[y:y + size, x:x + size]
 
 
 def label_strip(text: str, height: int) -> np.ndarray:

@@ -510,7 +510,7 @@ class JRGRRecipe(Recipe):
         o["Ot2"] = o["Bt2"] + g["g2"](o["Rs2"])
         return o
 
-    def _stage2(self, batch, step: int = 0) -> dict[str, float]:
+    def _stage2(self, batch, step: int) -> dict[str, float]:
         cfg = self.config
         n = cfg["stage2_batch"] or batch["rainy"].shape[0]
         os_, bs = self._to_signed(batch["rainy"][:n]), self._to_signed(batch["clean"][:n])
