@@ -168,6 +168,36 @@ def test_export_loads_in_derain_run_and_derain_export(tiny_pairs, monkeypatch, c
         assert result is not None and result.shape == cv2.imread(str(photo)).shape
 
 
+@pytest.mark.parametrize("model,overrides", [("semimsn", SEMIMSN_TINY), ("dualstage", DUALSTAGE_TINY)])
+def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides):
+    spec = engine.get_spec(model)
+    torch.manual_seed(0)
+    old = spec.build(spec.config(None, **overrides)).eval()
+    grown = spec.build(spec.config(None, **overrides, fullres_blocks=2, fullres_width=4)).eval()
+    missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
+    assert missing and all(k.startswith("fullres.") for k in missing) and not unexpected
+    x = torch.rand(1, 3, 37, 45)
+    with torch.inference_mode():
+        assert torch.equal(grown(x), old(x))
+
+
+def test_init_grows_a_model_and_refuses_a_file_that_does_not_fit(tiny_pairs):
+    from derain_cli.errors import DerainError
+    from derain_cli.weightfile import read_metadata
+
+    small, grown = tiny_pairs / "small.safetensors", tiny_pairs / "grown.safetensors"
+    engine.train(_opts(tiny_pairs, steps=2, out=tiny_pairs / "g1", export=small))
+    engine.train(_opts(tiny_pairs, steps=3, out=tiny_pairs / "g2", export=grown, init=small,
+                       overrides={"fullres_blocks": 1, "fullres_width": 4}))
+    meta = read_metadata(grown)
+    assert meta["config"]["fullres_blocks"] == 1
+    tensors = _weights(grown)
+    assert any(k.startswith("fullres.") for k in tensors)
+    assert tensors["fullres.tail.weight"].abs().sum() > 0  # the refiner trained
+    with pytest.raises(DerainError, match="does not fit this config"):
+        engine.train(_opts(tiny_pairs, steps=1, out=tiny_pairs / "g3", init=grown, overrides={"fullres_blocks": 0}))
+
+
 # -- 4. DDP keeps ranks identical ------------------------------------------------------------------
 
 _DDP_SCRIPT = """

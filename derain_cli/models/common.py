@@ -38,3 +38,24 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         return x + self.body(x)
+
+
+class FullResRefiner(nn.Module):
+    """Residual blocks at full image resolution that correct an output image.
+
+    The CPU presets do most of their work on space-to-depth features, which leaves the
+    thin streaks of light rain to very few full-resolution channels. This adds them back.
+    Its last conv starts at zero, so a refiner grown onto trained weights (``derain train
+    --init`` with ``--set fullres_blocks=N``) first reproduces the old output exactly.
+    """
+
+    def __init__(self, width: int, blocks: int):
+        super().__init__()
+        self.head = nn.Conv2d(6, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
+        self.tail = nn.Conv2d(width, 3, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+
+    def forward(self, rainy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out + self.tail(self.blocks(self.head(torch.cat([rainy, out], 1))))

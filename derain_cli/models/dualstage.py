@@ -26,7 +26,7 @@ from torch import nn
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import ResBlock, charbonnier, edge_loss, pad_to_multiple
+from .common import FullResRefiner, ResBlock, charbonnier, edge_loss, pad_to_multiple
 
 # ---------------------------------------------------------------------------- mask
 
@@ -237,6 +237,9 @@ class DualStageNet(nn.Module):
         self.stage2 = Stage2(cfg["channels"], cfg["dim"], cfg["depth"], cfg["heads"], cfg["window"],
                              cfg["clusters"], cfg["kmeans_iters"])
         self.multiple = 4 * cfg["window"]
+        # Optional full-resolution refinement after stage 2 (absent from older weights' configs).
+        blocks = cfg.get("fullres_blocks", 0)
+        self.fullres = FullResRefiner(cfg.get("fullres_width", 16), blocks) if blocks else None
 
     def mask(self, x):
         c = self.cfg
@@ -248,6 +251,8 @@ class DualStageNet(nn.Module):
         m = self.mask(xp)
         coarse, f1 = self.stage1(xp, m)
         final = self.stage2(coarse, xp, f1)
+        if self.fullres is not None:
+            final = self.fullres(xp, final)
         return coarse[..., :h, :w], final[..., :h, :w]
 
     def forward(self, x):
@@ -257,10 +262,12 @@ class DualStageNet(nn.Module):
 PRESETS = {
     # Trains on a 2-core CPU: attention only at half resolution, narrow widths.
     "cpu": dict(channels=16, stage1_width=32, stage1_blocks=3, dim=64, depth=4, heads=2, window=8, clusters=4,
-                kmeans_iters=3, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1),
+                kmeans_iters=3, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,
+                fullres_blocks=0, fullres_width=16),
     # Paper-scale for GPU users.
     "paper": dict(channels=32, stage1_width=64, stage1_blocks=8, dim=128, depth=8, heads=4, window=8, clusters=8,
-                  kmeans_iters=5, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1),
+                  kmeans_iters=5, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,
+                  fullres_blocks=0, fullres_width=32),
 }
 
 

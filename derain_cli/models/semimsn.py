@@ -15,7 +15,7 @@ from torch import nn
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import charbonnier, pad_to_multiple
+from .common import FullResRefiner, charbonnier, pad_to_multiple
 
 
 class CCLB(nn.Module):
@@ -73,6 +73,9 @@ class SemiMSN(nn.Module):
         self.dense = nn.ModuleList(nn.Conv2d(ch * (k + 1), ch, 1) for k in range(cfg["units"]))
         self.transform_out = nn.Sequential(nn.Conv2d(ch, 3 * r * r, 3, padding=1), nn.PixelShuffle(r))
         self.multiple = r
+        # Optional full-resolution refinement of the output (absent from older weights' configs).
+        blocks = cfg.get("fullres_blocks", 0)
+        self.fullres = FullResRefiner(cfg.get("fullres_width", 16), blocks) if blocks else None
 
     def features(self, x):
         return self.matching(self.transform_in(x))
@@ -95,7 +98,8 @@ class SemiMSN(nn.Module):
         outs = [f]
         for unit, dense in zip(self.units, self.dense):
             outs.append(unit(dense(torch.cat(outs, 1))))
-        return x + self.transform_out(outs[-1] + f)
+        out = x + self.transform_out(outs[-1] + f)
+        return out if self.fullres is None else self.fullres(x, out)
 
 
 def matching_loss(fs: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
@@ -140,8 +144,10 @@ class SemiMSNRecipe(Recipe):
 
 
 PRESETS = {
-    "cpu": dict(channels=24, unshuffle=2, cclb_depth=2, matching_blocks=1, units=3, scales=3, match_weight=1.0),
-    "paper": dict(channels=32, unshuffle=1, cclb_depth=3, matching_blocks=2, units=4, scales=3, match_weight=1.0),
+    "cpu": dict(channels=24, unshuffle=2, cclb_depth=2, matching_blocks=1, units=3, scales=3, match_weight=1.0,
+                fullres_blocks=0, fullres_width=16),
+    "paper": dict(channels=32, unshuffle=1, cclb_depth=3, matching_blocks=2, units=4, scales=3, match_weight=1.0,
+                  fullres_blocks=0, fullres_width=32),
 }
 
 SPEC = ModelSpec(

@@ -195,7 +195,14 @@ def train(opts: TrainOptions) -> TrainResult:
             net.to(memory_format=torch.channels_last)
     if opts.init is not None and resume_dir is None:
         state, _ = load_weights(opts.init, architecture=spec.name)
-        recipe.bundle.load_state_dict({k: v.float() for k, v in state.items()})
+        # Growing is allowed (an --init file without the tensors a --set added, such as
+        # fullres_blocks); a file with tensors this config does not have is not.
+        missing, unexpected = recipe.bundle.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        if unexpected:
+            raise DerainError(f"{opts.init} does not fit this config: it has {len(unexpected)} tensors the "
+                              f"model lacks (first: {unexpected[0]}); check the --set options")
+        if missing and rank == 0:
+            say(f"{len(missing)} tensors not in {opts.init} start from their initialisation (grown model)")
 
     raw_nets = dict(recipe.nets)
     if distributed:
