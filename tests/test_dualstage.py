@@ -7,7 +7,7 @@ from derain_cli.models import dualstage
 from derain_cli.registry import get_spec
 
 TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
-            kmeans_iters=2)
+            kmeans_iters=2, fullres_blocks=1, fullres_width=4)
 
 
 def _streaks_and_edge(size=64, contrast=0.3):

@@ -5,7 +5,7 @@ import torch
 from derain_cli.models.semimsn import matching_loss
 from derain_cli.registry import get_spec
 
-TINY = dict(channels=4, units=1, cclb_depth=1)
+TINY = dict(channels=4, units=1, cclb_depth=1, fullres_blocks=1, fullres_width=4)
 
 
 def test_matching_loss_is_zero_for_identical_batches():

@@ -26,8 +26,9 @@ from derain_cli.train.data import PatchSampler
 from derain_cli.train.engine import TrainOptions
 from clirun import derain  # noqa: E402
 
-SEMIMSN_TINY = dict(channels=4, units=1, cclb_depth=1)
-DUALSTAGE_TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2)
+SEMIMSN_TINY = dict(channels=4, units=1, cclb_depth=1, fullres_blocks=1, fullres_width=4)
+DUALSTAGE_TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
+                      fullres_blocks=1, fullres_width=4)
 DCDGAN_TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32,
                    n_downsampling=2, w_prior=0.0)
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -172,8 +173,8 @@ def test_export_loads_in_derain_run_and_derain_export(tiny_pairs, monkeypatch, c
 def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides):
     spec = engine.get_spec(model)
     torch.manual_seed(0)
-    old = spec.build(spec.config(None, **overrides)).eval()
-    grown = spec.build(spec.config(None, **overrides, fullres_blocks=2, fullres_width=4)).eval()
+    old = spec.build(spec.config(None, **{**overrides, "fullres_blocks": 0})).eval()
+    grown = spec.build(spec.config(None, **{**overrides, "fullres_blocks": 2})).eval()
     missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
     assert missing and all(k.startswith("fullres.") for k in missing) and not unexpected
     x = torch.rand(1, 3, 37, 45)
@@ -186,7 +187,8 @@ def test_init_grows_a_model_and_refuses_a_file_that_does_not_fit(tiny_pairs):
     from derain_cli.weightfile import read_metadata
 
     small, grown = tiny_pairs / "small.safetensors", tiny_pairs / "grown.safetensors"
-    engine.train(_opts(tiny_pairs, steps=2, out=tiny_pairs / "g1", export=small))
+    engine.train(_opts(tiny_pairs, steps=2, out=tiny_pairs / "g1", export=small,
+                       overrides={**SEMIMSN_TINY, "fullres_blocks": 0}))
     engine.train(_opts(tiny_pairs, steps=3, out=tiny_pairs / "g2", export=grown, init=small,
                        overrides={"fullres_blocks": 1, "fullres_width": 4}))
     meta = read_metadata(grown)
