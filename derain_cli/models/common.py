@@ -57,5 +57,11 @@ class FullResRefiner(nn.Module):
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "FullResRefiner | None":
+        """The refiner a config asks for, or None (configs of older weights lack the keys)."""
+        blocks = cfg.get("fullres_blocks", 0)
+        return cls(cfg.get("fullres_width", 16), blocks) if blocks else None
+
     def forward(self, rainy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.tail(self.blocks(self.head(torch.cat([rainy, out], 1))))

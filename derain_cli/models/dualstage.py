@@ -237,9 +237,7 @@ class DualStageNet(nn.Module):
         self.stage2 = Stage2(cfg["channels"], cfg["dim"], cfg["depth"], cfg["heads"], cfg["window"],
                              cfg["clusters"], cfg["kmeans_iters"])
         self.multiple = 4 * cfg["window"]
-        # Optional full-resolution refinement after stage 2 (absent from older weights' configs).
-        blocks = cfg.get("fullres_blocks", 0)
-        self.fullres = FullResRefiner(cfg.get("fullres_width", 16), blocks) if blocks else None
+        self.fullres = FullResRefiner.from_config(cfg)
 
     def mask(self, x):
         c = self.cfg

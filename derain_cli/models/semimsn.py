@@ -73,9 +73,7 @@ class SemiMSN(nn.Module):
         self.dense = nn.ModuleList(nn.Conv2d(ch * (k + 1), ch, 1) for k in range(cfg["units"]))
         self.transform_out = nn.Sequential(nn.Conv2d(ch, 3 * r * r, 3, padding=1), nn.PixelShuffle(r))
         self.multiple = r
-        # Optional full-resolution refinement of the output (absent from older weights' configs).
-        blocks = cfg.get("fullres_blocks", 0)
-        self.fullres = FullResRefiner(cfg.get("fullres_width", 16), blocks) if blocks else None
+        self.fullres = FullResRefiner.from_config(cfg)
 
     def features(self, x):
         return self.matching(self.transform_in(x))
