@@ -61,12 +61,21 @@ def resolve_device(name: str = "auto", notify: Notify = say) -> torch.device:
     return device
 
 
-def half_dtype(device: torch.device, half: bool) -> torch.dtype | None:
-    """The autocast dtype for ``--half`` (None = full fp32). bf16 where supported: it cannot overflow."""
+def half_dtype(device: torch.device, half: bool,
+               has_native_bf16: Callable[[], bool] | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``--half`` (None = full fp32). bf16 where supported: it cannot overflow.
+
+    On a CPU, ``--half`` means bfloat16, and only where the CPU computes it natively
+    (AMX or AVX512-BF16: convolutions run 2-3 times faster); elsewhere torch emulates
+    bf16 and it would be slower than float32, so that is refused.
+    """
     if not half:
         return None
     if device.type == "cpu":
-        raise DerainError("--half needs a GPU (cuda or mps); on the CPU inference runs in float32, drop --half")
+        if not (has_native_bf16 or cpu_has_native_bf16)():
+            raise DerainError("--half on the CPU needs AMX or AVX512-BF16 (this CPU would emulate bfloat16 "
+                              "and run slower); drop --half or use a GPU")
+        return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float16

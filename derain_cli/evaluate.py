@@ -109,11 +109,13 @@ def score_folders(out_dir: str | os.PathLike, gt_dir: str | os.PathLike, progres
 
 # -- running a model -------------------------------------------------------------------
 def load_derainer(name: str, *, weights: str | os.PathLike | None = None, device: str = "auto",
-                  threads: int | None = None, variant: str | None = None, ensemble: bool = False) -> Any:
+                  threads: int | None = None, variant: str | None = None, ensemble: bool = False,
+                  half: bool = False) -> Any:
     """The inference API's model (:func:`derain_cli.api.load_model`), loaded once for a whole folder."""
     from .api import load_model
 
-    return load_model(name, weights=weights, device=device, threads=threads, variant=variant, ensemble=ensemble)
+    return load_model(name, weights=weights, device=device, threads=threads, variant=variant, ensemble=ensemble,
+                      half=half)
 
 
 def count_parameters(derainer: Any) -> int:
@@ -244,11 +246,12 @@ def weights_text(derainer: Any, weights: str | os.PathLike | None) -> str:
 def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | None = None, device: str = "auto",
                 threads: int | None = None, tile: int | None = None, limit: int | None = None,
                 save_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-                variant: str | None = None, ensemble: bool = False) -> BenchResult:
+                variant: str | None = None, ensemble: bool = False, half: bool = False) -> BenchResult:
     """Load ``name`` and measure quality, speed and memory on ``dataset`` (first ``limit`` pairs).
 
-    A ``variant`` given explicitly is reported in the model column as ``name:variant``, and
-    the flip ensemble as ``name+ensemble``, so a table never mixes them up.
+    A ``variant`` given explicitly is reported in the model column as ``name:variant``, the
+    flip ensemble as ``name+ensemble`` and ``half`` as ``name+bf16`` (or ``+fp16``), so a
+    table never mixes them up.
     """
     import torch
 
@@ -265,7 +268,7 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()
     derainer = load_derainer(name, weights=weights, device=device, threads=threads, variant=variant,
-                             ensemble=ensemble)
+                             ensemble=ensemble, half=half)
     dev = device_of(derainer)
     cuda = dev.startswith("cuda")
     if cuda:
@@ -280,7 +283,8 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
     total_mp = sum(r.width * r.height for r in result.rows) / 1e6
     mean = result.mean
     return BenchResult(
-        model=(name if variant is None else f"{name}:{variant}") + ("+ensemble" if ensemble else ""),
+        model=(name if variant is None else f"{name}:{variant}") + ("+ensemble" if ensemble else "")
+        + ("" if derainer.dtype is None else "+" + {"torch.bfloat16": "bf16"}.get(str(derainer.dtype), "fp16")),
         weights=weights_text(derainer, weights),
         dataset=dataset.name,
         images=len(result.rows),

@@ -178,6 +178,16 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     (e,) = json.loads(jpath.read_text())["results"]
     assert e["model"] == f"{TINY_MODEL}+ensemble" and f"{TINY_MODEL}+ensemble" in out
     assert e["psnr_y"] != pytest.approx(r["psnr_y"], abs=1e-6)  # a different measurement, labelled as such
+    from derain_cli import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
+                             tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
+                             "--json", jpath, "--half")
+    assert code == 0, err
+    (h,) = json.loads(jpath.read_text())["results"]
+    assert h["model"] == f"{TINY_MODEL}+bf16" and f"{TINY_MODEL}+bf16" in out
+    assert h["psnr_y"] == pytest.approx(r["psnr_y"], abs=0.5)  # bf16 changes little
 
 
 def evaluate_clean_subset(tiny_pairs: Path, tmp_path: Path, n: int) -> Path:

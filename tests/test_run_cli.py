@@ -96,7 +96,6 @@ def test_run_refuses_to_overwrite_input(tmp_path, monkeypatch, capsys, tiny):
         (["run", "{tmp}/missing.png"], "no such file"),
         (["run", "{img}", "--model", "nosuch"], "unknown model"),
         (["run", "{img}", "--model", "tinytest", "--weights", "{tmp}/none.safetensors"], "weights file not found"),
-        (["run", "{img}", "--model", "tinytest", "--weights", "{tiny}", "--half", "--device", "cpu"], "needs a GPU"),
         (["run", "{img}", "--model", "tinytest", "--weights", "{tiny}", "--device", "cuda"], "cuda"),
         (["run", "{img}", "--model", "tinytest", "--weights", "{img}"], "safetensors"),
         (["batch", "{img}", "-o", "{tmp}/o"], "not a folder"),

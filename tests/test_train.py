@@ -170,11 +170,15 @@ def test_export_loads_in_derain_run_and_derain_export(tiny_pairs, monkeypatch, c
 
 
 @pytest.mark.parametrize("model,overrides", [("semimsn", SEMIMSN_TINY), ("dualstage", DUALSTAGE_TINY)])
-def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides):
+@pytest.mark.parametrize("before,after", [(0, 2), (1, 3)])
+def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides, before, after):
+    """Growing a refiner, or deepening a trained one, starts from the old output exactly."""
     spec = engine.get_spec(model)
     torch.manual_seed(0)
-    old = spec.build(spec.config(None, **{**overrides, "fullres_blocks": 0})).eval()
-    grown = spec.build(spec.config(None, **{**overrides, "fullres_blocks": 2})).eval()
+    old = spec.build(spec.config(None, **{**overrides, "fullres_blocks": before})).eval()
+    for p in old.parameters():  # as if trained: no tensor is still at its zero initialisation
+        torch.nn.init.normal_(p, std=0.05)
+    grown = spec.build(spec.config(None, **{**overrides, "fullres_blocks": after})).eval()
     missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
     assert missing and all(k.startswith("fullres.") for k in missing) and not unexpected
     x = torch.rand(1, 3, 37, 45)

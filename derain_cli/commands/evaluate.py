@@ -51,6 +51,7 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --model)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic (with --model)."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (with --model; 4x slower)."),
+    half: bool = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16; with --model)."),
 ) -> None:
     """Score images against references: PSNR and SSIM on the Y channel (the deraining convention) and RGB PSNR.
 
@@ -64,7 +65,7 @@ def eval_command(
     console = Console(stderr=True)
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
-                                 ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None))
+                                 ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None), ("--half", half or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
@@ -79,11 +80,11 @@ def eval_command(
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
         derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant,
-                                    ensemble=ensemble)
+                                    ensemble=ensemble, half=half)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
-        info = {"model": model, "variant": derainer.variant, "ensemble": ensemble, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
+        info = {"model": model, "variant": derainer.variant, "ensemble": ensemble, "precision": derainer.dtype_name, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
                 "references": str(gt_dir), "device": ev.device_of(derainer)}
     mean = result.mean
     out = _stdout_console()
@@ -110,6 +111,7 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (4x slower)."),
+    half: bool = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16)."),
 ) -> None:
     """Measure models on a benchmark: PSNR/SSIM (Y), speed, peak memory, parameters; published figures beside.
 
@@ -153,7 +155,7 @@ def bench_command(
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile, limit=limit,
                 save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
-                ensemble=ensemble,
+                ensemble=ensemble, half=half,
             ))
 
     table = Table(title=f"derain bench {ds.name} ({results[0].images} images, Y channel)")

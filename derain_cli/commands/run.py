@@ -22,7 +22,7 @@ CompareOpt = typer.Option(False, "--compare", help="Also write <output>_compare:
 TileOpt = typer.Option(0, "--tile", help="Tile size in pixels; 0 = automatic from free memory.")
 OverlapOpt = typer.Option(None, "--tile-overlap", help="Context pixels around each tile (default: the model's margin).")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-HalfOpt = typer.Option(False, "--half", help="fp16/bf16 autocast (GPU only).")
+HalfOpt = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for inference.")
 QualityOpt = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality.")
 EnsembleOpt = typer.Option(

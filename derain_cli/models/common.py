@@ -45,8 +45,9 @@ class FullResRefiner(nn.Module):
 
     The CPU presets do most of their work on space-to-depth features, which leaves the
     thin streaks of light rain to very few full-resolution channels. This adds them back.
-    Its last conv starts at zero, so a refiner grown onto trained weights (``derain train
-    --init`` with ``--set fullres_blocks=N``) first reproduces the old output exactly.
+    Its last conv, and the last conv of every block, start at zero, so a refiner grown onto
+    trained weights (``derain train --init`` with ``--set fullres_blocks=N``, whether the
+    weights had no refiner or a shallower one) first reproduces the old output exactly.
     """
 
     def __init__(self, width: int, blocks: int):
@@ -54,8 +55,9 @@ class FullResRefiner(nn.Module):
         self.head = nn.Conv2d(6, width, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
         self.tail = nn.Conv2d(width, 3, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
+        for conv in [self.tail] + [blk.body[-1] for blk in self.blocks]:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     @classmethod
     def from_config(cls, cfg: dict) -> "FullResRefiner | None":
