@@ -258,11 +258,11 @@ class DualStageNet(nn.Module):
 
 
 PRESETS = {
-    # Trains on a 2-core CPU: attention only at quarter resolution, narrow widths, and three
+    # Trains on a 2-core CPU: attention only at quarter resolution, narrow widths, and seven
     # full-resolution residual blocks at the end for the thin streaks.
     "cpu": dict(channels=16, stage1_width=32, stage1_blocks=3, dim=64, depth=4, heads=2, window=8, clusters=4,
                 kmeans_iters=3, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,
-                fullres_blocks=3, fullres_width=20),
+                fullres_blocks=7, fullres_width=20),
     # Paper-scale for GPU users.
     "paper": dict(channels=32, stage1_width=64, stage1_blocks=8, dim=128, depth=8, heads=4, window=8, clusters=8,
                   kmeans_iters=5, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,

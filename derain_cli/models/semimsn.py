@@ -143,7 +143,7 @@ class SemiMSNRecipe(Recipe):
 
 PRESETS = {
     "cpu": dict(channels=24, unshuffle=2, cclb_depth=2, matching_blocks=1, units=3, scales=3, match_weight=1.0,
-                fullres_blocks=4, fullres_width=32),
+                fullres_blocks=8, fullres_width=32),
     "paper": dict(channels=32, unshuffle=1, cclb_depth=3, matching_blocks=2, units=4, scales=3, match_weight=1.0,
                   fullres_blocks=0, fullres_width=32),
 }
