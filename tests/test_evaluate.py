@@ -171,21 +171,23 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     assert r["psnr_y"] == pytest.approx(saved.mean.psnr_y, abs=1e-9)
     assert f"{r['psnr_y']:.2f}" in out and TINY_MODEL in out
     assert data["dataset"]["origin"] == "folder"
-    code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
-                             tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
-                             "--json", jpath, "--ensemble")
-    assert code == 0, err
-    (e,) = json.loads(jpath.read_text())["results"]
+
+    def variant_row(option: str) -> tuple[dict, str]:
+        """The same bench with one more option: its JSON row and the printed table."""
+        code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
+                                 tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
+                                 "--json", jpath, option)
+        assert code == 0, err
+        (row,) = json.loads(jpath.read_text())["results"]
+        return row, out
+
+    e, out = variant_row("--ensemble")
     assert e["model"] == f"{TINY_MODEL}+ensemble" and f"{TINY_MODEL}+ensemble" in out
     assert e["psnr_y"] != pytest.approx(r["psnr_y"], abs=1e-6)  # a different measurement, labelled as such
     from derain_cli import devices
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
-                             tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
-                             "--json", jpath, "--half")
-    assert code == 0, err
-    (h,) = json.loads(jpath.read_text())["results"]
+    h, out = variant_row("--half")
     assert h["model"] == f"{TINY_MODEL}+bf16" and f"{TINY_MODEL}+bf16" in out
     assert h["psnr_y"] == pytest.approx(r["psnr_y"], abs=0.5)  # bf16 changes little
 
