@@ -5,6 +5,7 @@ Usage (from the repo root; the figures in the session-9 note were taken on 2 thr
 
     python benchmarks/refiner_speed_probe.py dualstage 0x16 3x16 3x24 3x32 --threads 2
     python benchmarks/refiner_speed_probe.py semimsn 0x16 3x16 4x32 --threads 2
+    python benchmarks/refiner_speed_probe.py dualstage 7x20 16x32 --threads 2 --half   # bf16 forward
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def main() -> None:
     ap.add_argument("sizes", nargs="+", help="BLOCKSxWIDTH, e.g. 3x20")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--half", action="store_true", help="forward under bf16 autocast (as derain run --half)")
     args = ap.parse_args()
 
     import torch
@@ -31,7 +33,8 @@ def main() -> None:
         net = spec.build(spec.config("cpu", fullres_blocks=blocks, fullres_width=width))
         net = net.eval().to(memory_format=torch.channels_last)
         x = torch.rand(1, 3, 321, 481)
-        with torch.inference_mode():
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.half):
             net(x)
             t = time.perf_counter()
             for _ in range(args.repeats):
