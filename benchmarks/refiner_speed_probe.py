@@ -32,8 +32,7 @@ def main() -> None:
         blocks, width = map(int, size.split("x"))
         net = spec.build(spec.config("cpu", fullres_blocks=blocks, fullres_width=width))
         net = net.eval().to(memory_format=torch.channels_last)
-        x = torch.rand(1, 3, 321, 481)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.rand(1, 3, 321, 481).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.half):
             net(x)
             t = time.perf_counter()

@@ -284,7 +284,7 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
     mean = result.mean
     return BenchResult(
         model=(name if variant is None else f"{name}:{variant}") + ("+ensemble" if ensemble else "")
-        + ("" if derainer.dtype is None else "+" + {"torch.bfloat16": "bf16"}.get(str(derainer.dtype), "fp16")),
+        + ("" if derainer.dtype is None else "+" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[derainer.dtype]),
         weights=weights_text(derainer, weights),
         dataset=dataset.name,
         images=len(result.rows),

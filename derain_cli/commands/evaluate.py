@@ -65,7 +65,8 @@ def eval_command(
     console = Console(stderr=True)
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
-                                 ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None), ("--half", half or None))
+                                 ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None),
+                                 ("--half", half or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
