@@ -75,6 +75,23 @@ def _assert_same(a: dict, b: dict, atol: float = 2e-3) -> None:
 
 
 
+def test_augmentation_keeps_rain_falling_down_and_crops_aligned():
+    """Mirrors only: a vertical streak stays vertical (a quarter turn would lay it flat),
+    all four mirror combinations occur, and a pair gets the same crop and mirror."""
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[5, :30] = 128  # a dim horizontal mark to tell the mirrors apart ...
+    img[:, 10] = 255  # ... crossed by one vertical streak
+    sampler = PatchSampler({"rainy": [img], "clean": [img.copy()]}, [["rainy", "clean"]], patch=40, batch=64, seed=3)
+    batch = sampler.next_batch()
+    np.testing.assert_array_equal(batch["rainy"], batch["clean"])
+    seen = set()
+    for crop in batch["rainy"][:, 0]:
+        col = int(np.flatnonzero(crop.min(0) == 1.0).item())  # the streak spans the full height
+        row = int(np.flatnonzero(np.isclose(crop, 128 / 255).sum(1) >= 29).item())
+        seen.add((col, row))
+    assert seen == {(10, 5), (29, 5), (10, 34), (29, 34)}
+
+
 # -- 1. every mode learns ------------------------------------------------------------------
 
 @pytest.mark.parametrize("model,overrides", [("semimsn", SEMIMSN_TINY), ("dualstage", DUALSTAGE_TINY)])
