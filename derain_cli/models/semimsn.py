@@ -86,17 +86,20 @@ class SemiMSN(nn.Module):
         """
         xp, (h, w) = pad_to_multiple(x, self.multiple)
         if real is None:
-            return self.derain_features(xp, self.features(xp))[..., :h, :w]
+            return self.refine(x, self.derain_features(xp, self.features(xp))[..., :h, :w])
         rp, _ = pad_to_multiple(real, self.multiple)
         both = self.features(torch.cat([xp, rp], 0))
         fs, fr = both[: xp.shape[0]], both[xp.shape[0]:]
-        return self.derain_features(xp, fs)[..., :h, :w], fs, fr
+        return self.refine(x, self.derain_features(xp, fs)[..., :h, :w]), fs, fr
 
     def derain_features(self, x, f):
         outs = [f]
         for unit, dense in zip(self.units, self.dense):
             outs.append(unit(dense(torch.cat(outs, 1))))
-        out = x + self.transform_out(outs[-1] + f)
+        return x + self.transform_out(outs[-1] + f)
+
+    def refine(self, x, out):
+        """The full-resolution refiner, run on the unpadded image (padding only serves the pooling)."""
         return out if self.fullres is None else self.fullres(x, out)
 
 
