@@ -73,8 +73,6 @@ def _assert_same(a: dict, b: dict, atol: float = 2e-3) -> None:
     assert worst <= atol, f"weights differ by up to {worst}"
 
 
-
-
 def test_augmentation_keeps_rain_falling_down_and_crops_aligned():
     """Mirrors only: a vertical streak stays vertical (a quarter turn would lay it flat),
     all four mirror combinations occur, and a pair gets the same crop and mirror."""
