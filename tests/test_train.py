@@ -90,6 +90,22 @@ def test_augmentation_keeps_rain_falling_down_and_crops_aligned():
     assert seen == {(10, 5), (29, 5), (10, 34), (29, 34)}
 
 
+
+def test_time_budget_shrinks_the_plan_and_grows_it_back_only_early():
+    """A slow start (a pause, a busy core) must not cut a long run short for good."""
+    budget = 10.0  # minutes
+    # 100 steps in the first 60 s: the 9 minutes left fit ~870 more, not the 5000 asked
+    assert 900 < engine.fit_to_budget(5000, 5000, 100, 0, 60.0, budget) < 1000
+    # the machine got faster: early in the (shrunk) plan it grows back, never past what was asked
+    grown = engine.fit_to_budget(1050, 5000, 300, 0, 120.0, budget)
+    assert 1050 < grown <= 5000
+    assert engine.fit_to_budget(1050, 1200, 300, 0, 120.0, budget) == 1200
+    # past the first third it only shrinks, so the cosine is not pulled back up late
+    assert engine.fit_to_budget(1050, 5000, 500, 0, 120.0, budget) == 1050
+    assert engine.fit_to_budget(1050, 5000, 500, 0, 500.0, budget) < 1050
+    # too little measured yet: the plan stays
+    assert engine.fit_to_budget(5000, 5000, 20, 0, 60.0, budget) == 5000
+
 # -- 1. every mode learns ------------------------------------------------------------------
 
 @pytest.mark.parametrize("model,overrides", [("semimsn", SEMIMSN_TINY), ("dualstage", DUALSTAGE_TINY)])

@@ -220,9 +220,10 @@ def train(opts: TrainOptions) -> TrainResult:
                                         device_ids=[device.index] if device.type == "cuda" else None)
 
     n_images = len(next(iter(sampler.sources.values())))
-    total = _total_steps(opts, n_images, world)
+    total = requested = _total_steps(opts, n_images, world)
     if resume_dir is not None and not opts.steps and not opts.epochs:
         total = saved.get("total_steps", total)
+    requested = max(requested, total)
     recipe.setup(total)
     ema = None
     if opts.ema > 0:
@@ -320,8 +321,11 @@ def train(opts: TrainOptions) -> TrainResult:
                     terms = " ".join(f"{k} {float(v):.4f}" for k, v in losses.items())
                     progress.update(task, completed=step, terms=f"{terms} | {sps:.2f} it/s")
                 if opts.max_minutes is not None and step % opts.log_every == 0:
-                    total = _fit_schedule_to_budget(recipe, progress, task, total, step, start_step,
-                                                    time.monotonic() - start_time, opts.max_minutes)
+                    fitted = fit_to_budget(total, requested, step, start_step,
+                                           time.monotonic() - start_time, opts.max_minutes)
+                    if fitted != total:
+                        total = recipe.total_steps = fitted
+                        progress.update(task, total=total)
                 if val_pairs is not None and is_main and (step % opts.val_every == 0 or step == total):
                     score = validate(spec, ema if ema is not None else recipe.bundle,
                                      recipe.val_variant, val_pairs, device)
@@ -353,23 +357,24 @@ def train(opts: TrainOptions) -> TrainResult:
                        stopped=stopped)
 
 
-def _fit_schedule_to_budget(recipe, progress, task, total: int, step: int, start_step: int,
-                            elapsed: float, max_minutes: float) -> int:
-    """Shrink the planned step count to what the time budget can reach at the measured speed.
+def fit_to_budget(total: int, requested: int, step: int, start_step: int,
+                  elapsed: float, max_minutes: float) -> int:
+    """The step count the time budget can reach at the speed measured so far (capped at ``requested``).
 
     The learning-rate schedule reads ``recipe.total_steps``, so a run that is slower than
     planned (a shared machine) still anneals fully before its budget ends instead of
-    stopping at a high learning rate. The plan only ever shrinks, and it is saved in the
-    checkpoint, so a resumed run continues the same schedule.
+    stopping at a high learning rate. In the first third of the plan it may also grow
+    back towards ``requested``: a pause early on (the other core busy with tests, say)
+    would otherwise cut the whole run short for good, and this early the cosine barely
+    moves. Later it only shrinks. The plan is saved in the checkpoint, so a resumed run
+    continues the same schedule.
     """
     done = step - start_step
     if done < 50 or elapsed <= 0:
         return total
-    reachable = step + int(done / elapsed * (max_minutes * 60 - elapsed) * 0.97)
-    if reachable < total:
-        total = max(step + 1, reachable)
-        recipe.total_steps = total
-        progress.update(task, total=total)
+    reachable = max(step + 1, step + int(done / elapsed * (max_minutes * 60 - elapsed) * 0.97))
+    if reachable < total or step < total / 3:
+        return min(requested, reachable)
     return total
 
 
