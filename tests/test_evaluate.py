@@ -171,6 +171,8 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     assert r["psnr_y"] == pytest.approx(saved.mean.psnr_y, abs=1e-9)
     assert f"{r['psnr_y']:.2f}" in out and TINY_MODEL in out
     assert data["dataset"]["origin"] == "folder"
+    # CPU timings depend on the vector unit (AVX2 vs AVX512/AMX): the file says which CPU made them
+    assert data["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and data["cpu_model"]
 
     def variant_row(option: str) -> tuple[dict, str]:
         """The same bench with one more option: its JSON row and the printed table."""
