@@ -340,7 +340,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _processor(),
         "cpu_model": cpu_model(),
         # the widest vector unit torch uses here (AVX2, AVX512, ...): CPU timings depend on it
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -357,6 +357,10 @@ def cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return _processor()
+
+
+def _processor() -> str:
     return platform.processor() or platform.machine()
 
 

@@ -90,7 +90,6 @@ def test_augmentation_keeps_rain_falling_down_and_crops_aligned():
     assert seen == {(10, 5), (29, 5), (10, 34), (29, 34)}
 
 
-
 def test_time_budget_shrinks_the_plan_and_grows_it_back_only_early():
     """A slow start (a pause, a busy core) must not cut a long run short for good."""
     budget = 10.0  # minutes
@@ -105,6 +104,7 @@ def test_time_budget_shrinks_the_plan_and_grows_it_back_only_early():
     assert engine.fit_to_budget(1050, 5000, 500, 0, 500.0, budget) < 1050
     # too little measured yet: the plan stays
     assert engine.fit_to_budget(5000, 5000, 20, 0, 60.0, budget) == 5000
+
 
 # -- 1. every mode learns ------------------------------------------------------------------
 

@@ -220,10 +220,10 @@ def train(opts: TrainOptions) -> TrainResult:
                                         device_ids=[device.index] if device.type == "cuda" else None)
 
     n_images = len(next(iter(sampler.sources.values())))
-    total = requested = _total_steps(opts, n_images, world)
+    total = _total_steps(opts, n_images, world)
     if resume_dir is not None and not opts.steps and not opts.epochs:
         total = saved.get("total_steps", total)
-    requested = max(requested, total)
+    requested = total  # what a time budget may shrink, and early on grow back to
     recipe.setup(total)
     ema = None
     if opts.ema > 0:
