@@ -61,7 +61,19 @@ def _build(spec: ModelSpec, state: dict[str, Any], meta: dict[str, Any]) -> tupl
 
 
 #: Flip axes of the self-ensemble (``--ensemble``): identity, horizontal, vertical, both.
+#: ``--flips 2`` takes the first two (the photo and its left-right mirror).
 FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def flip_views(ensemble: bool | int) -> int:
+    """How many flip views an ``ensemble`` argument asks for: False/1 -> 1, True -> 4, 2 or 4 as given."""
+    if ensemble is True:
+        return len(FLIPS)
+    if ensemble is False or ensemble in (0, 1):
+        return 1
+    if ensemble not in (2, 4):
+        raise DerainError(f"--flips must be 1, 2 or 4, not {ensemble}")
+    return int(ensemble)
 
 
 class Derainer:
@@ -70,8 +82,8 @@ class Derainer:
     Attributes: ``spec`` (the :class:`ModelSpec`), ``config`` (the architecture
     config the weights were trained with), ``device``, ``net`` (the image-to-image
     ``nn.Module`` in eval mode), ``task``, ``variant``, ``dtype`` (autocast dtype
-    or None for float32), ``meta`` (weights file metadata), ``ensemble`` (average
-    over the four flips of each image: a little more accurate, four times slower).
+    or None for float32), ``meta`` (weights file metadata), ``ensemble`` (how many
+    flip views of each image are averaged, 1 = off: more accurate, that many times slower).
     """
 
     def __init__(
@@ -86,14 +98,14 @@ class Derainer:
         dtype: torch.dtype | None = None,
         meta: dict[str, Any] | None = None,
         notify: Notify = say,
-        ensemble: bool = False,
+        ensemble: bool | int = False,
         channels_last: bool = False,
     ):
         self.spec, self.config, self.net, self.device = spec, config, net, device
         self.task, self.variant, self.dtype = task, variant, dtype
         self.meta = meta or {}
         self.notify = notify
-        self.ensemble = ensemble
+        self.ensemble = flip_views(ensemble)
         #: Feed the net channels_last tensors (its weights are stored so; see :func:`load_model`).
         self.channels_last = channels_last
         #: Tile side and overlap used by the last :meth:`process` call (tile 0 = whole image).
@@ -133,7 +145,7 @@ class Derainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             if (lo, hi) != (0.0, 1.0):
                 x = x * (hi - lo) + lo
-            y = self._ensemble_forward(x) if self.ensemble else self._forward(x)
+            y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
             y = y[..., :h, :w].float()
             if (lo, hi) != (0.0, 1.0):
                 y = (y - lo) / (hi - lo)
@@ -144,18 +156,18 @@ class Derainer:
         return y[0] if isinstance(y, (tuple, list)) else y
 
     def _ensemble_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of the model over the image and its horizontal, vertical and double flips.
+        """Mean of the model over the image and its horizontal, vertical and double flips (the first ``ensemble``).
 
         Flips (not 90-degree turns) because rain falls mostly downwards: a flipped rainy
         image is still a plausible one, a turned one has horizontal rain. The padding to
         the size multiple happened before, so every flip has a valid size.
         """
         total = None
-        for dims in FLIPS:
+        for dims in FLIPS[: self.ensemble]:
             y = self._forward(torch.flip(x, dims) if dims else x).float()
             y = torch.flip(y, dims) if dims else y
             total = y if total is None else total.add_(y)
-        return total / len(FLIPS)
+        return total / self.ensemble
 
     # -- arrays -------------------------------------------------------------------
     def plan_tile(self, height: int, width: int, tile: int = 0, tile_overlap: int | None = None) -> tuple[int, int]:
@@ -263,14 +275,15 @@ def load_model(
     half: bool = False,
     task: str = "derain",
     notify: Notify = say,
-    ensemble: bool = False,
+    ensemble: bool | int = False,
 ) -> Derainer:
     """Load a model by registry name (default :data:`registry.DEFAULT_MODEL`) or from a :class:`ModelSpec`.
 
     Weights come from ``weights`` (a .safetensors file) or the registry's
     resolution (bundled -> Hugging Face cache -> hub), sha256-checked.
     ``task="rainify"`` returns the clean-to-rainy network of models that have one.
-    ``ensemble=True`` averages each image over its four flips (4x the time).
+    ``ensemble=True`` averages each image over its four flips (4x the time); ``ensemble=2``
+    over the image and its left-right mirror (2x).
     """
     from . import registry
 
@@ -283,6 +296,7 @@ def load_model(
             spec = get_spec(name or registry.DEFAULT_MODEL)
         except UnknownModelError as exc:
             raise DerainError(str(exc)) from None
+    flip_views(ensemble)  # a bad count fails before the weights are read
     variant = variant or spec.variants[0]
     if variant not in spec.variants:
         raise DerainError(f"model {spec.name!r} has no variant {variant!r}; choose one of {', '.join(spec.variants)}")

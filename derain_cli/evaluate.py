@@ -109,7 +109,7 @@ def score_folders(out_dir: str | os.PathLike, gt_dir: str | os.PathLike, progres
 
 # -- running a model -------------------------------------------------------------------
 def load_derainer(name: str, *, weights: str | os.PathLike | None = None, device: str = "auto",
-                  threads: int | None = None, variant: str | None = None, ensemble: bool = False,
+                  threads: int | None = None, variant: str | None = None, ensemble: bool | int = False,
                   half: bool = False) -> Any:
     """The inference API's model (:func:`derain_cli.api.load_model`), loaded once for a whole folder."""
     from .api import load_model
@@ -246,12 +246,12 @@ def weights_text(derainer: Any, weights: str | os.PathLike | None) -> str:
 def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | None = None, device: str = "auto",
                 threads: int | None = None, tile: int | None = None, limit: int | None = None,
                 save_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-                variant: str | None = None, ensemble: bool = False, half: bool = False) -> BenchResult:
+                variant: str | None = None, ensemble: bool | int = False, half: bool = False) -> BenchResult:
     """Load ``name`` and measure quality, speed and memory on ``dataset`` (first ``limit`` pairs).
 
     A ``variant`` given explicitly is reported in the model column as ``name:variant``, the
-    flip ensemble as ``name+ensemble`` and ``half`` as ``name+bf16`` (or ``+fp16``), so a
-    table never mixes them up.
+    four-flip ensemble as ``name+ensemble`` (two flips: ``name+flips2``) and ``half`` as
+    ``name+bf16`` (or ``+fp16``), so a table never mixes them up.
     """
     import torch
 
@@ -283,7 +283,8 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
     total_mp = sum(r.width * r.height for r in result.rows) / 1e6
     mean = result.mean
     return BenchResult(
-        model=(name if variant is None else f"{name}:{variant}") + ("+ensemble" if ensemble else "")
+        model=(name if variant is None else f"{name}:{variant}")
+        + {1: "", 2: "+flips2", 4: "+ensemble"}[derainer.ensemble]
         + ("" if derainer.dtype is None else "+" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[derainer.dtype]),
         weights=weights_text(derainer, weights),
         dataset=dataset.name,

@@ -174,11 +174,11 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     # CPU timings depend on the vector unit (AVX2 vs AVX512/AMX): the file says which CPU made them
     assert data["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and data["cpu_model"]
 
-    def variant_row(option: str) -> tuple[dict, str]:
-        """The same bench with one more option: its JSON row and the printed table."""
+    def variant_row(*options: str) -> tuple[dict, str]:
+        """The same bench with more options: its JSON row and the printed table."""
         code, out, err = run_cli(monkeypatch, capsys, "bench", tiny_pairs, "--model", TINY_MODEL, "--weights",
                                  tiny_weights, "--device", "cpu", "--threads", "1", "--limit", "4",
-                                 "--json", jpath, option)
+                                 "--json", jpath, *options)
         assert code == 0, err
         (row,) = json.loads(jpath.read_text())["results"]
         return row, out
@@ -186,6 +186,9 @@ def test_bench_tiny_model_on_folder_dataset(tiny_pairs, tiny_weights, monkeypatc
     e, out = variant_row("--ensemble")
     assert e["model"] == f"{TINY_MODEL}+ensemble" and f"{TINY_MODEL}+ensemble" in out
     assert e["psnr_y"] != pytest.approx(r["psnr_y"], abs=1e-6)  # a different measurement, labelled as such
+    f2, out = variant_row("--flips", "2")
+    assert f2["model"] == f"{TINY_MODEL}+flips2" and f"{TINY_MODEL}+flips2" in out
+    assert f2["psnr_y"] not in (pytest.approx(r["psnr_y"], abs=1e-6), pytest.approx(e["psnr_y"], abs=1e-6))
     from derain_cli import devices
 
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)

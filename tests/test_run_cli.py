@@ -259,6 +259,31 @@ def test_python_api_derain_file(tmp_path):
     assert np.abs(read_image(out).rgb.astype(int) - read_image(out2).rgb.astype(int)).max() <= 1
 
 
+def test_two_flips_are_the_mean_of_the_photo_and_its_mirror(tmp_path, monkeypatch, capsys, tiny):
+    import torch
+
+    from derain_cli.api import load_model
+
+    plain = load_model("tinytest", weights=tiny, device="cpu")
+    two = load_model("tinytest", weights=tiny, device="cpu", ensemble=2)
+    x = torch.rand(1, 3, 37, 50, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = ((plain.net(x) + torch.flip(plain.net(torch.flip(x, (3,))), (3,))) / 2).clamp(0, 1)
+    assert torch.allclose(two.process_tensor(x), expected, atol=1e-5)
+    src = _png(tmp_path / "lane.png")
+    code, out, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny,
+                            "--device", "cpu", "--flips", "2", "-v", "-o", tmp_path / "two")
+    assert code == 0, err
+    assert "2-flip ensemble" in err
+    for bad, message in ((["--flips", "3"], "--flips must be 1, 2 or 4"),
+                         (["--flips", "2", "--ensemble"], "--ensemble means --flips 4")):
+        code, out, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny,
+                                "--device", "cpu", "-o", tmp_path / "bad", *bad)
+        assert code != 0 and message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ensemble_is_the_mean_over_four_flips(tmp_path, monkeypatch, capsys, tiny):
     import torch
 

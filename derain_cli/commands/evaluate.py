@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import DerainError
+from .run import FlipsOpt, ensemble_views
 
 
 def _fmt(x: float, digits: int) -> str:
@@ -51,6 +52,7 @@ def eval_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (with --model)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic (with --model)."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (with --model; 4x slower)."),
+    flips: Optional[int] = FlipsOpt,
     half: bool = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16; with --model)."),
 ) -> None:
     """Score images against references: PSNR and SSIM on the Y channel (the deraining convention) and RGB PSNR.
@@ -66,7 +68,7 @@ def eval_command(
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
                                  ("--tile", tile), ("--variant", variant), ("--ensemble", ensemble or None),
-                                 ("--half", half or None))
+                                 ("--flips", flips), ("--half", half or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
@@ -81,11 +83,11 @@ def eval_command(
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
         derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant,
-                                    ensemble=ensemble, half=half)
+                                    ensemble=ensemble_views(ensemble, flips), half=half)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
-        info = {"model": model, "variant": derainer.variant, "ensemble": ensemble, "precision": derainer.dtype_name, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
+        info = {"model": model, "variant": derainer.variant, "ensemble": derainer.ensemble, "precision": derainer.dtype_name, "weights": ev.weights_text(derainer, weights), "rainy": str(first_dir),
                 "references": str(gt_dir), "device": ev.device_of(derainer)}
     mean = result.mean
     out = _stdout_console()
@@ -112,6 +114,7 @@ def bench_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile size, 0 = automatic."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (4x slower)."),
+    flips: Optional[int] = FlipsOpt,
     half: bool = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16)."),
 ) -> None:
     """Measure models on a benchmark: PSNR/SSIM (Y), speed, peak memory, parameters; published figures beside.
@@ -130,6 +133,7 @@ def bench_command(
         raise DerainError("--limit must be at least 1")
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise DerainError(f"--json {json_path}: use a .json file name")
+    views = ensemble_views(ensemble, flips)
     ds = resolve_dataset(dataset, data=data)
     n_pairs = len(ds.pairs())
     if model == "all":
@@ -156,7 +160,7 @@ def bench_command(
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile, limit=limit,
                 save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
-                ensemble=ensemble, half=half,
+                ensemble=views, half=half,
             ))
 
     table = Table(title=f"derain bench {ds.name} ({results[0].images} images, Y channel)")

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import FullResRefiner, ResBlock, charbonnier, edge_loss, pad_to_multiple
+from .common import FullResRefiner, ResBlock, charbonnier, crop_to_box, edge_loss, pad_to_multiple
 
 # ---------------------------------------------------------------------------- mask
 
@@ -245,10 +245,10 @@ class DualStageNet(nn.Module):
                          softness=c["mask_softness"], tolerance=c["mask_tolerance"])
 
     def forward_stages(self, x):
-        xp, (h, w) = pad_to_multiple(x, self.multiple)
+        xp, box = pad_to_multiple(x, self.multiple)
         m = self.mask(xp)
         coarse, f1 = self.stage1(xp, m)
-        coarse, final = coarse[..., :h, :w], self.stage2(coarse, xp, f1)[..., :h, :w]
+        coarse, final = crop_to_box(coarse, box), crop_to_box(self.stage2(coarse, xp, f1), box)
         if self.fullres is not None:
             # Cropped first: the padding is there for the attention windows, and at full
             # resolution it would cost the refiner 17% more pixels on a 481x321 photo (512x352).

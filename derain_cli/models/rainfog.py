@@ -42,7 +42,7 @@ from torch import nn
 from ..registry import ModelSpec
 from ..synth import FOG_BETA, degrade, rain_mix_layers, render_rain, restore
 from ..train.recipe import Recipe
-from .common import charbonnier, pad_to_multiple
+from .common import charbonnier, crop_to_box, pad_to_multiple
 
 T_MIN = 0.08
 
@@ -222,9 +222,9 @@ class RainFogRemover(nn.Module):
         self.bundle = bundle
 
     def forward(self, x):
-        xp, (h, w) = pad_to_multiple(x, 4)
+        xp, box = pad_to_multiple(x, 4)
         t, a, r = self.bundle("extractor", xp)
-        return self.bundle("removal", xp, t, a, r)[..., :h, :w].clamp(0, 1)
+        return crop_to_box(self.bundle("removal", xp, t, a, r), box).clamp(0, 1)
 
 
 class RainFogRainifier(nn.Module):

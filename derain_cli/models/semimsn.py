@@ -15,7 +15,7 @@ from torch import nn
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import FullResRefiner, charbonnier, pad_to_multiple
+from .common import FullResRefiner, charbonnier, crop_to_box, pad_to_multiple
 
 
 class CCLB(nn.Module):
@@ -84,13 +84,13 @@ class SemiMSN(nn.Module):
         Training goes through ``forward`` (not ``features``) so that under DDP the
         gradients of every term are all-reduced across ranks.
         """
-        xp, (h, w) = pad_to_multiple(x, self.multiple)
+        xp, box = pad_to_multiple(x, self.multiple)
         if real is None:
-            return self.refine(x, self.derain_features(xp, self.features(xp))[..., :h, :w])
+            return self.refine(x, crop_to_box(self.derain_features(xp, self.features(xp)), box))
         rp, _ = pad_to_multiple(real, self.multiple)
         both = self.features(torch.cat([xp, rp], 0))
         fs, fr = both[: xp.shape[0]], both[xp.shape[0]:]
-        return self.refine(x, self.derain_features(xp, fs)[..., :h, :w]), fs, fr
+        return self.refine(x, crop_to_box(self.derain_features(xp, fs), box)), fs, fr
 
     def derain_features(self, x, f):
         outs = [f]
