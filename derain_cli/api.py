@@ -128,24 +128,25 @@ class Derainer:
     def process_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """``B x 3 x H x W`` float in [0, 1] -> same, float32 on the model's device.
 
-        Any H, W: the input is reflect-padded to the model's size multiple (split between
-        both sides) and the result cropped back. No tiling here (see :meth:`process`).
+        Any H, W: the input is reflect-padded to the model's size multiple and the
+        result cropped back. No tiling here (see :meth:`process`).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise DerainError(f"expected a B x 3 x H x W tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
         lo, hi = self.spec.input_range
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         )
         with torch.inference_mode(), autocast:
             x = x.to(self.device, torch.float32)
-            x, box = tiling.pad_to_multiple(x, self.spec.size_multiple)
+            x = tiling.pad_to_multiple(x, self.spec.size_multiple)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if (lo, hi) != (0.0, 1.0):
                 x = x * (hi - lo) + lo
             y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
-            y = tiling.crop_to_box(y, box).float()
+            y = y[..., :h, :w].float()
             if (lo, hi) != (0.0, 1.0):
                 y = (y - lo) / (hi - lo)
             return y.clamp_(0.0, 1.0)

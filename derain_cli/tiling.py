@@ -9,12 +9,10 @@ raised-cosine window. Every pixel a tile contributes still has at least
 receptive-field margin is ``<= overlap`` the tiled result equals the untiled one
 (up to float rounding); for deeper models the fade hides what differs.
 
-The image is reflect-padded up to the model's ``size_multiple`` with the padding
-split between both sides (:func:`pad_to_multiple`), and tiles are planned in
-those padded coordinates: tile origins are multiples of ``size_multiple`` there
-(so strided models see the same pixel phase as on the whole image) and only the
-border tiles are padded, with what the whole padded image has there. The result
-is accumulated in one preallocated float32 array: memory is the image plus one tile.
+Tile origins are multiples of the model's ``size_multiple`` (so strided models
+see the same pixel phase as on the whole image) and only the bottom/right
+border is reflect-padded, exactly as for the whole image. The result is
+accumulated in one preallocated float32 array: memory is the image plus one tile.
 """
 from __future__ import annotations
 
@@ -92,32 +90,14 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[S
     return spans
 
 
-def split_padding(length: int, multiple: int) -> tuple[int, int]:
-    """Padding ``(before, after)`` that takes ``length`` up to a multiple, split between both sides."""
-    pad = (-length) % max(1, multiple)
-    return pad // 2, pad - pad // 2
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Reflect-pad H and W up to a multiple, split between both sides; returns the padded tensor and its box.
-
-    The box is ``(top, left, h, w)`` for :func:`crop_to_box`. A network never sees padding
-    on its training crops; splitting it halves the widest mirrored band at any border
-    (dualstage on RainTrainL 191-200: 36.21 dB with all of it at the bottom/right, 36.32
-    split; ``benchmarks/padding_probe.py``). Replicate where a side is too short to reflect.
-    """
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad bottom/right up to a multiple (replicate when the side is too short to reflect)."""
     h, w = x.shape[-2:]
-    (top, bottom), (left, right) = split_padding(h, multiple), split_padding(w, multiple)
-    if top or bottom or left or right:
-        mode = "reflect" if (bottom < h and right < w) else "replicate"
-        x = F.pad(x, (left, right, top, bottom), mode=mode)
-    return x, (top, left, h, w)
-
-
-def crop_to_box(y: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple`: the ``h x w`` region at ``(top, left)``."""
-    top, left, h, w = box
-    return y[..., top:top + h, left:left + w]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if (ph < h and pw < w) else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def _scale_of(dtype: np.dtype) -> float:
@@ -128,15 +108,6 @@ def _scale_of(dtype: np.dtype) -> float:
     if dtype in (np.float32, np.float64):
         return 1.0
     raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {dtype}")
-
-
-def _source_index(start: int, stop: int, length: int, mode: str) -> np.ndarray:
-    """Image indices for padded positions ``start..stop-1`` (negative or past the end: mirrored or clamped)."""
-    i = np.arange(start, stop)
-    if mode == "reflect":
-        i = np.abs(i)
-        i = np.where(i >= length, 2 * (length - 1) - i, i)
-    return np.clip(i, 0, length - 1)
 
 
 def run_tiles(
@@ -157,33 +128,27 @@ def run_tiles(
         out = np.zeros((h, w, 3), np.float32)
     else:
         out.fill(0.0)
-    # Plan in the coordinates of the whole image padded as pad_to_multiple pads it.
-    (top, bottom), (left, right) = split_padding(h, multiple), split_padding(w, multiple)
-    mode = "reflect" if (bottom < h and right < w) else "replicate"
-    rows = plan_axis(h + top + bottom, tile, overlap, multiple)
-    cols = plan_axis(w + left + right, tile, overlap, multiple)
-    row_sum = np.zeros(h + top + bottom, np.float64)
-    col_sum = np.zeros(w + left + right, np.float64)
+    rows = plan_axis(h, tile, overlap, multiple)
+    cols = plan_axis(w, tile, overlap, multiple)
+    row_sum = np.zeros(h, np.float64)
+    col_sum = np.zeros(w, np.float64)
     for r in rows:
         row_sum[r.dst0 : r.dst1] += r.weights
     for c in cols:
         col_sum[c.dst0 : c.dst1] += c.weights
 
     for r in rows:
-        ri = _source_index(r.src0 - top, r.src1 - top, h, mode)  # image rows the tile reads
-        d0, d1 = max(r.dst0, top), min(r.dst1, top + h)  # padded rows it writes that are image rows
         for c in cols:
-            ci = _source_index(c.src0 - left, c.src1 - left, w, mode)
-            e0, e1 = max(c.dst0, left), min(c.dst1, left + w)
-            patch = image[ri[:, None], ci[None, :]].astype(np.float32)
+            patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
             if scale != 1.0:
                 patch *= np.float32(1.0 / scale)
-            y = fn(torch.from_numpy(patch).permute(2, 0, 1)[None])
-            y = y[0, :, d0 - r.src0 : d1 - r.src0, e0 - c.src0 : e1 - c.src0].float().cpu().numpy().transpose(1, 2, 0)
-            weight = r.weights[d0 - r.dst0 : d1 - r.dst0, None, None] * c.weights[None, e0 - c.dst0 : e1 - c.dst0, None]
-            out[d0 - top : d1 - top, e0 - left : e1 - left] += y * weight
-            del y, patch
-    row_sum, col_sum = row_sum[top : top + h], col_sum[left : left + w]
+            x = torch.from_numpy(patch).permute(2, 0, 1)[None]
+            y = fn(pad_to_multiple(x, multiple))
+            y = y[0, :, : r.src1 - r.src0, : c.src1 - c.src0].float().cpu().numpy().transpose(1, 2, 0)
+            y = y[r.dst0 - r.src0 : r.dst1 - r.src0, c.dst0 - c.src0 : c.dst1 - c.src0]
+            weight = r.weights[:, None, None] * c.weights[None, :, None]
+            out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y * weight
+            del x, y, patch
 
     inv_col = (1.0 / col_sum).astype(np.float32)[None, :, None]
     for y0 in range(0, h, 256):  # normalise in row chunks: no image-sized temporaries

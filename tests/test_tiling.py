@@ -104,36 +104,6 @@ def test_input_range_is_mapped(tmp_path):
     torch.testing.assert_close(y, x)
 
 
-def test_padding_is_split_between_both_sides_and_cropped_back(tmp_path):
-    seen = []
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, x):
-            seen.append(x[0].permute(1, 2, 0).numpy().copy())
-            return x * self.scale
-
-    spec = make_spec(name="probe4", size_multiple=4, build=lambda cfg: Probe(), derain_net=lambda b, v: b)
-    model = load_model(spec, weights=save_random_weights(spec, tmp_path / "p.safetensors"), device="cpu")
-    img = _image(9, 6)  # 9 -> 12 rows: 1 above, 2 below; 6 -> 8 columns: 1 on each side
-    for tile in (0, 4):  # whole image, and tiles planned in the padded coordinates
-        seen.clear()
-        np.testing.assert_allclose(model.process(img, tile=tile, tile_overlap=0), img, atol=1e-6)
-        assert all(x.shape[0] % 4 == 0 and x.shape[1] % 4 == 0 for x in seen)
-    (x,) = [x for x in seen if x.shape[:2] == (4, 4)][:1]  # the top-left tile
-    np.testing.assert_allclose(x[1:, 1:], img[:3, :3], atol=1e-6)
-    np.testing.assert_allclose(x[0, 1:], img[1, :3], atol=1e-6)  # mirrored above the first row
-    model.process(img, tile=0)
-    x = seen[-1]
-    assert x.shape[:2] == (12, 8)
-    np.testing.assert_allclose(x[1:10, 1:7], img, atol=1e-6)
-    np.testing.assert_allclose(x[10:, 1:7], img[[7, 6]], atol=1e-6)  # and below the last
-    np.testing.assert_allclose(x[1:10, 0], img[:, 1], atol=1e-6)  # and left of the first column
-
-
 def test_out_of_memory_halves_tile():
     calls, lines = [], []
 
