@@ -69,7 +69,7 @@ def flip_views(ensemble: bool | int) -> int:
     """How many flip views an ``ensemble`` argument asks for: False/1 -> 1, True -> 4, 2 or 4 as given."""
     if ensemble is True:
         return len(FLIPS)
-    if ensemble is False or ensemble in (0, 1):
+    if ensemble in (0, 1):  # False too
         return 1
     if ensemble not in (2, 4):
         raise DerainError(f"--flips must be 1, 2 or 4, not {ensemble}")
