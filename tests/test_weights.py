@@ -413,3 +413,31 @@ def test_real_model_round_trip(env):
     fresh.load_state_dict(state, strict=True)
     for key, value in bundle.state_dict().items():
         assert (fresh.state_dict()[key].float() - value.half().float()).abs().max() == 0, key
+
+
+def test_average_weights_is_the_tensor_mean_and_refuses_other_configs(tmp_path):
+    """benchmarks/average_weights.py (how a shipped file may be made) averages what it says it does."""
+    import importlib.util
+
+    import torch
+
+    from derain_cli.weightfile import load_weights
+
+    spec = importlib.util.spec_from_file_location("average_weights", REPO / "benchmarks" / "average_weights.py")
+    avg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(avg)
+    a, b, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "o.safetensors"
+    make_weights(a, seed=1)
+    make_weights(b, seed=2)
+    make_weights(other, seed=3, config={"c": 8})
+    out = tmp_path / "mean.safetensors"
+    avg.main([str(out), str(a), str(b)])
+    mean, meta = load_weights(out, architecture="dualstage")
+    sa, sb = load_weights(a)[0], load_weights(b)[0]
+    expected = (sa["conv.weight"].float() + sb["conv.weight"].float()) / 2
+    assert torch.allclose(mean["conv.weight"].float(), expected, atol=2e-3)  # stored as fp16
+    assert not torch.allclose(mean["conv.weight"].float(), sa["conv.weight"].float(), atol=2e-3)
+    assert meta["averaged_from"] == [str(a), str(b)]
+    with pytest.raises(SystemExit, match="not the same architecture and config"):
+        avg.main([str(tmp_path / "bad.safetensors"), str(a), str(other)])
+    assert not (tmp_path / "bad.safetensors").exists()
