@@ -41,6 +41,22 @@ def test_mask_ignores_isolated_dots():
     assert dualstage.rain_mask(img).max() < 0.1
 
 
+@pytest.mark.parametrize("angle", [60.0, 90.0, 105.0])
+def test_line_erosion_and_dilation_equal_shifting_one_offset_at_a_time(angle):
+    x = torch.rand(2, 1, 23, 31)
+    offs = dualstage.line_offsets(7, angle)
+
+    def shifted(dy, dx):  # the reference: pad by this offset alone, with replicated borders
+        p = max(abs(dy), abs(dx), 1)
+        xp = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+        return xp[..., p + dy:p + dy + 23, p + dx:p + dx + 31]
+
+    views = torch.stack([shifted(dy, dx) for dy, dx in offs])
+    assert torch.equal(dualstage._line_extreme(x, offs, torch.minimum), views.amin(0))
+    assert torch.equal(dualstage._line_extreme(x, offs, torch.maximum), views.amax(0))
+    assert torch.equal(dualstage._line_extreme(x, [(0, 0)], torch.minimum), x)
+
+
 @pytest.mark.parametrize("h,w", [(17, 9), (33, 70), (5, 5), (64, 48)])
 def test_any_size_comes_out_the_same_size(h, w):
     spec = get_spec("dualstage")

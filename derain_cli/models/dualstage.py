@@ -31,14 +31,21 @@ from .common import FullResRefiner, ResBlock, charbonnier, crop_to_box, edge_los
 # ---------------------------------------------------------------------------- mask
 
 
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """x shifted by (dy, dx) with replicated borders."""
-    if dy == 0 and dx == 0:
-        return x
-    p = max(abs(dy), abs(dx))
-    xp = F.pad(x, (p, p, p, p), mode="replicate")
+def _line_extreme(x: torch.Tensor, offsets: list[tuple[int, int]], reduce) -> torch.Tensor:
+    """Element-wise ``reduce`` (torch.minimum or torch.maximum) of x shifted by every offset.
+
+    Borders are replicated. One padded copy and a running reduction, not one padded
+    copy per offset stacked: the same values at under half the time (the mask was a
+    tenth of an inference).
+    """
+    p = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    xp = F.pad(x, (p, p, p, p), mode="replicate") if p else x
     h, w = x.shape[-2:]
-    return xp[..., p + dy:p + dy + h, p + dx:p + dx + w]
+    out = None
+    for dy, dx in offsets:
+        view = xp[..., p + dy:p + dy + h, p + dx:p + dx + w]
+        out = view.clone() if out is None else reduce(out, view, out=out)
+    return out
 
 
 def line_offsets(length: int, angle_deg: float) -> list[tuple[int, int]]:
@@ -73,9 +80,9 @@ def rain_mask(rgb: torch.Tensor, *, tophat: int = 5, line: int = 7,
     best = torch.zeros_like(th)
     for ang in angles:
         offs = line_offsets(line, ang)
-        ero = torch.stack([_shift(loose, dy, dx) for dy, dx in offs]).amin(0)
-        dil = torch.stack([_shift(ero, -dy, -dx) for dy, dx in offs]).amax(0)
-        best = torch.maximum(best, dil)
+        ero = _line_extreme(loose, offs, torch.minimum)
+        dil = _line_extreme(ero, [(-dy, -dx) for dy, dx in offs], torch.maximum)
+        best = torch.maximum(best, dil, out=best)
     best = torch.minimum(best, th)
     return torch.sigmoid((best - threshold) / softness)
 
