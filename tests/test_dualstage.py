@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from derain_cli.models import dualstage
+from derain_cli.models.common import shifted_extreme
 from derain_cli.registry import get_spec
 
 TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
@@ -52,9 +53,9 @@ def test_line_erosion_and_dilation_equal_shifting_one_offset_at_a_time(angle):
         return xp[..., p + dy:p + dy + 23, p + dx:p + dx + 31]
 
     views = torch.stack([shifted(dy, dx) for dy, dx in offs])
-    assert torch.equal(dualstage._line_extreme(x, offs, torch.minimum), views.amin(0))
-    assert torch.equal(dualstage._line_extreme(x, offs, torch.maximum), views.amax(0))
-    assert torch.equal(dualstage._line_extreme(x, [(0, 0)], torch.minimum), x)
+    assert torch.equal(shifted_extreme(x, offs, torch.minimum), views.amin(0))
+    assert torch.equal(shifted_extreme(x, offs, torch.maximum), views.amax(0))
+    assert torch.equal(shifted_extreme(x, [(0, 0)], torch.minimum), x)
 
 
 @pytest.mark.parametrize("h,w", [(17, 9), (33, 70), (5, 5), (64, 48)])

@@ -26,26 +26,10 @@ from torch import nn
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import FullResRefiner, ResBlock, charbonnier, crop_to_box, edge_loss, pad_to_multiple
+from .common import (FullResRefiner, ResBlock, box_extreme, charbonnier, crop_to_box, edge_loss, pad_to_multiple,
+                     shifted_extreme)
 
 # ---------------------------------------------------------------------------- mask
-
-
-def _line_extreme(x: torch.Tensor, offsets: list[tuple[int, int]], reduce) -> torch.Tensor:
-    """Element-wise ``reduce`` (torch.minimum or torch.maximum) of x shifted by every offset.
-
-    Borders are replicated. One padded copy and a running reduction, not one padded
-    copy per offset stacked: the same values at under half the time (the mask was a
-    tenth of an inference).
-    """
-    p = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    xp = F.pad(x, (p, p, p, p), mode="replicate") if p else x
-    h, w = x.shape[-2:]
-    out = None
-    for dy, dx in offsets:
-        view = xp[..., p + dy:p + dy + h, p + dx:p + dx + w]
-        out = view.clone() if out is None else reduce(out, view, out=out)
-    return out
 
 
 def line_offsets(length: int, angle_deg: float) -> list[tuple[int, int]]:
@@ -71,23 +55,48 @@ def rain_mask(rgb: torch.Tensor, *, tophat: int = 5, line: int = 7,
     """
     y = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
     p = tophat // 2
-    yp = F.pad(y, (p, p, p, p), mode="replicate")
-    eroded = -F.max_pool2d(-yp, tophat, stride=1)
-    erp = F.pad(eroded, (p, p, p, p), mode="replicate")
-    opened = F.max_pool2d(erp, tophat, stride=1)
+    eroded = box_extreme(F.pad(y, (p, p, p, p), mode="replicate"), tophat, torch.minimum)
+    opened = box_extreme(F.pad(eroded, (p, p, p, p), mode="replicate"), tophat, torch.maximum)
     th = (y - opened).clamp_min(0)
-    loose = F.max_pool2d(th, 2 * tolerance + 1, stride=1, padding=tolerance) if tolerance else th
+    # Replicated borders give the same maximum as max-pooling's implicit -inf padding.
+    t = tolerance
+    loose = box_extreme(F.pad(th, (t, t, t, t), mode="replicate"), 2 * t + 1, torch.maximum) if t else th
     best = torch.zeros_like(th)
     for ang in angles:
         offs = line_offsets(line, ang)
-        ero = _line_extreme(loose, offs, torch.minimum)
-        dil = _line_extreme(ero, [(-dy, -dx) for dy, dx in offs], torch.maximum)
-        best = torch.maximum(best, dil, out=best)
+        ero = shifted_extreme(loose, offs, torch.minimum)
+        dil = shifted_extreme(ero, [(-dy, -dx) for dy, dx in offs], torch.maximum)
+        best = torch.maximum(best, dil)
     best = torch.minimum(best, th)
     return torch.sigmoid((best - threshold) / softness)
 
 
 # -------------------------------------------------------------------------- stage 1
+
+
+class UnshuffleConv(nn.Sequential):
+    """Pixel-unshuffle by ``r``, then a 1x1 conv, computed as one r x r conv with stride r.
+
+    The same map (the 1x1 conv's weights, reshaped) and the same parameter names as
+    ``nn.Sequential(nn.PixelUnshuffle(r), nn.Conv2d(r * r * C, out, 1))``, so earlier weight
+    files load unchanged; oneDNN runs the strided conv about 4x faster than the pair.
+    """
+
+    def __init__(self, r: int, in_ch: int, out_ch: int):
+        super().__init__(nn.PixelUnshuffle(r), nn.Conv2d(r * r * in_ch, out_ch, 1))
+        self.r, self.in_ch = r, in_ch
+
+    def forward(self, x):
+        conv = self[1]
+        weight = conv.weight.reshape(conv.out_channels, self.in_ch, self.r, self.r)
+        return F.conv2d(x, weight, conv.bias, stride=self.r)
+
+
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` (odd sides floored) as a reshape and max: the same values, faster on the CPU."""
+    b, c, h, w = x.shape
+    x = x[..., : h - h % 2, : w - w % 2]
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
 
 
 class MaskAttentionBlock(nn.Module):
@@ -111,7 +120,7 @@ class Stage1(nn.Module):
         self.head = nn.Conv2d(4, ch, 3, padding=1)
         # Learned per-channel suppression of rain-covered positions (sigmoid -> 0..1).
         self.suppress = nn.Parameter(torch.zeros(1, ch, 1, 1))
-        self.down = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4 * ch, width, 1))
+        self.down = UnshuffleConv(2, ch, width)
         self.blocks = nn.ModuleList(MaskAttentionBlock(width) for _ in range(blocks))
         self.up = nn.Sequential(nn.Conv2d(width, 4 * ch, 1), nn.PixelShuffle(2))
         self.tail = nn.Conv2d(ch, 3, 3, padding=1)
@@ -120,7 +129,7 @@ class Stage1(nn.Module):
         f = self.head(torch.cat([x, mask], 1))
         f = f * (1 - torch.sigmoid(self.suppress) * mask)
         g = self.down(f)
-        m2 = F.max_pool2d(mask, 2)
+        m2 = max_pool2(mask)
         for blk in self.blocks:
             g = blk(g, m2)
         f = f + self.up(g)
@@ -219,7 +228,7 @@ class Stage2(nn.Module):
     def __init__(self, ch: int, dim: int, depth: int, heads: int, window: int, clusters: int, kmeans_iters: int):
         super().__init__()
         self.head = nn.Conv2d(6, ch, 3, padding=1)
-        self.down = nn.Sequential(nn.PixelUnshuffle(4), nn.Conv2d(16 * ch, dim, 1))
+        self.down = UnshuffleConv(4, ch, dim)
         kinds = ["cluster", "shifted"]
         self.blocks = nn.Sequential(*[AttentionBlock(dim, heads, window, kinds[i % 2], clusters, kmeans_iters)
                                       for i in range(depth)])
