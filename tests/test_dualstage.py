@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from derain_cli.models import dualstage
-from derain_cli.models.common import shifted_extreme
+from derain_cli.models.common import box_extreme, shifted_extreme
 from derain_cli.registry import get_spec
 
 TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
@@ -97,3 +97,21 @@ def test_shipped_weights_raise_psnr_on_bundled_crops():
 
     before, after = psnr_gain_on_crops("dualstage")
     assert after > before + 0.3, (before, after)
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 7])
+def test_box_extreme_equals_stride_one_pooling(size):
+    x = torch.rand(2, 3, 19, 26)
+    assert torch.equal(box_extreme(x, size, torch.maximum), torch.nn.functional.max_pool2d(x, size, stride=1))
+    assert torch.equal(box_extreme(x, size, torch.minimum), -torch.nn.functional.max_pool2d(-x, size, stride=1))
+
+
+def test_unshuffle_conv_and_pool2_equal_the_layers_they_replace():
+    torch.manual_seed(0)
+    fast = dualstage.UnshuffleConv(4, 3, 5)
+    x = torch.rand(2, 3, 16, 24)
+    reference = fast[1](torch.nn.functional.pixel_unshuffle(x, 4))  # the Sequential's own layers
+    assert torch.allclose(fast(x), reference, atol=1e-5)
+    assert sorted(fast.state_dict()) == ["1.bias", "1.weight"]  # the old file layout
+    m = torch.rand(1, 1, 13, 10)
+    assert torch.equal(dualstage.max_pool2(m), torch.nn.functional.max_pool2d(m, 2))

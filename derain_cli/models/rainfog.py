@@ -42,7 +42,7 @@ from torch import nn
 from ..registry import ModelSpec
 from ..synth import FOG_BETA, degrade, rain_mix_layers, render_rain, restore
 from ..train.recipe import Recipe
-from .common import charbonnier, crop_to_box, pad_to_multiple
+from .common import box_extreme, charbonnier, crop_to_box, pad_to_multiple
 
 T_MIN = 0.08
 
@@ -101,7 +101,7 @@ def dark_channel(x: torch.Tensor, size: int = 7) -> torch.Tensor:
     """Minimum over colours and a ``size`` window: haze lifts it to about ``(1 - T) A`` (He et al.)."""
     m = x.min(dim=1, keepdim=True).values
     p = size // 2
-    return -F.max_pool2d(F.pad(-m, (p, p, p, p), mode="replicate"), size, stride=1)
+    return box_extreme(F.pad(m, (p, p, p, p), mode="replicate"), size, torch.minimum)
 
 
 # ---------------------------------------------------------------------------------------------
