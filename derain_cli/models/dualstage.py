@@ -109,7 +109,7 @@ class MaskAttentionBlock(nn.Module):
 
     def forward(self, x, mask):
         h = self.body(x)
-        return x + h * torch.sigmoid(self.gate(torch.cat([h, mask], 1)))
+        return x + h * torch.sigmoid(self.gate(torch.cat([h, mask.to(h.dtype)], 1)))
 
 
 class Stage1(nn.Module):
@@ -127,7 +127,9 @@ class Stage1(nn.Module):
 
     def forward(self, x, mask):
         f = self.head(torch.cat([x, mask], 1))
-        f = f * (1 - torch.sigmoid(self.suppress) * mask)
+        # In the conv dtype: an fp32 factor would turn every later full-resolution
+        # feature map fp32 under bf16 autocast, each cast back for the next conv.
+        f = f * (1 - torch.sigmoid(self.suppress) * mask).to(f.dtype)
         g = self.down(f)
         m2 = max_pool2(mask)
         for blk in self.blocks:
