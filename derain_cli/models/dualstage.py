@@ -80,16 +80,16 @@ class UnshuffleConv(nn.Sequential):
     The same map (the 1x1 conv's weights, reshaped) and the same parameter names as
     ``nn.Sequential(nn.PixelUnshuffle(r), nn.Conv2d(r * r * C, out, 1))``, so earlier weight
     files load unchanged; oneDNN runs the strided conv about 4x faster than the pair.
+    The unshuffle layer is kept (never called) for those names and to say what this computes.
     """
 
     def __init__(self, r: int, in_ch: int, out_ch: int):
         super().__init__(nn.PixelUnshuffle(r), nn.Conv2d(r * r * in_ch, out_ch, 1))
-        self.r, self.in_ch = r, in_ch
 
     def forward(self, x):
-        conv = self[1]
-        weight = conv.weight.reshape(conv.out_channels, self.in_ch, self.r, self.r)
-        return F.conv2d(x, weight, conv.bias, stride=self.r)
+        r, conv = self[0].downscale_factor, self[1]
+        weight = conv.weight.reshape(conv.out_channels, conv.in_channels // (r * r), r, r)
+        return F.conv2d(x, weight, conv.bias, stride=r)
 
 
 def max_pool2(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ class MaskAttentionBlock(nn.Module):
 
     def forward(self, x, mask):
         h = self.body(x)
-        return x + h * torch.sigmoid(self.gate(torch.cat([h, mask.to(h.dtype)], 1)))
+        return x + h * torch.sigmoid(self.gate(torch.cat([h, mask], 1)))
 
 
 class Stage1(nn.Module):
@@ -131,7 +131,7 @@ class Stage1(nn.Module):
         # feature map fp32 under bf16 autocast, each cast back for the next conv.
         f = f * (1 - torch.sigmoid(self.suppress) * mask).to(f.dtype)
         g = self.down(f)
-        m2 = max_pool2(mask)
+        m2 = max_pool2(mask).to(g.dtype)  # once here, not in every block's concatenation
         for blk in self.blocks:
             g = blk(g, m2)
         f = f + self.up(g)
