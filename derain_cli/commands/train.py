@@ -30,6 +30,10 @@ def train_command(
         None, "--model", "-m", help="Architecture to train (see `derain models`); default: jrgr for paired/semi data, dcdgan for unpaired."
     ),
     paired: Optional[Tuple[Path, Path]] = typer.Option(None, "--paired", help="RAINY_DIR CLEAN_DIR, paired by file stem."),
+    render: List[Path] = typer.Option([], "--render", help="CLEAN_DIR of photos to render new rain on at every step (repeatable); with --paired or --semi, mixed in at --render-ratio."),
+    render_ratio: float = typer.Option(0.7, "--render-ratio", help="Share of training pairs rendered with --render (the rest are the real pairs)."),
+    render_mix: Optional[str] = typer.Option(None, "--render-mix", help="Rain families and weights, e.g. downpour=0.4,photoreal=0.3,fine=0.2,light=0.1 (the default)."),
+    streaks: Optional[Path] = typer.Option(None, "--streaks", help="Folder of streak textures for the photoreal family (e.g. rain_streaks_garg06)."),
     unpaired: Optional[Tuple[Path, Path]] = typer.Option(None, "--unpaired", help="CLEAN_DIR RAINY_DIR, unrelated images."),
     semi: Optional[Tuple[Path, Path, Path]] = typer.Option(None, "--semi", help="RAINY_DIR CLEAN_DIR REAL_RAINY_DIR."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (checkpoints, log). Default runs/MODEL."),
@@ -44,6 +48,7 @@ def train_command(
     ema: float = typer.Option(0.0, "--ema", help="EMA decay of the weights (0 = off; e.g. 0.999)."),
     seed: int = typer.Option(0, "--seed"),
     val: Optional[Tuple[Path, Path]] = typer.Option(None, "--val", help="RAINY_DIR CLEAN_DIR scored by Y-PSNR; the best is kept."),
+    val_sets: List[Path] = typer.Option([], "--val-set", help="A folder with rainy/ and clean/ to validate on (repeatable; the score is the mean over sets)."),
     val_every: int = typer.Option(500, "--val-every"),
     save_every: int = typer.Option(500, "--save-every"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue exactly where it stopped."),
@@ -58,8 +63,11 @@ def train_command(
 ) -> None:
     """Train a model on paired, unpaired or semi-supervised data (resumable; torchrun-ready)."""
     chosen = [(m, v) for m, v in (("paired", paired), ("unpaired", unpaired), ("semi", semi)) if v]
+    if not chosen and render:
+        chosen = [("paired", ())]
     if len(chosen) != 1:
-        raise DerainError("give exactly one of --paired RAINY CLEAN, --unpaired CLEAN RAINY, --semi RAINY CLEAN REAL")
+        raise DerainError("give exactly one of --paired RAINY CLEAN, --unpaired CLEAN RAINY, --semi RAINY CLEAN REAL "
+                          "(or --render CLEAN_DIR alone)")
     if resume is not None and init is not None:
         raise DerainError("--resume and --init exclude each other")
     mode, folders = chosen[0]
@@ -73,10 +81,21 @@ def train_command(
     from ..train.engine import TrainOptions, train
 
     options = {"stage": stage} if stage is not None else {}
+    render_opts = None
+    if render:
+        from ..rainrender import parse_mix
+
+        try:
+            mix = parse_mix(render_mix) if render_mix else None
+        except ValueError as exc:
+            raise DerainError(f"--render-mix: {exc}") from None
+        render_opts = {"folders": [str(f) for f in render], "ratio": render_ratio, "mix": mix,
+                       "streaks": str(streaks) if streaks else None}
     opts = TrainOptions(
         model=model, mode=mode, folders=[str(f) for f in folders], out=out or Path("runs") / model,
         preset=preset, overrides=_parse_sets(sets), patch=patch, batch=batch, steps=steps, epochs=epochs,
         max_minutes=max_minutes, lr=lr, ema=ema, seed=seed, val=tuple(map(str, val)) if val else None,
+        val_sets=[str(v) for v in val_sets], render=render_opts,
         val_every=val_every, save_every=save_every, resume=resume, init=init, export=export,
         threads=threads, bf16=bf16, channels_last=channels_last, device=device,
         recipe_options=options, progress=not quiet,

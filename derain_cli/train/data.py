@@ -74,6 +74,33 @@ def load_folder(folder, patch: int, max_side: int | None = MAX_SIDE) -> list[np.
     return _load(list_images(folder), patch, max_side)
 
 
+class RenderSource:
+    """Clean photos that become a new rainy/clean pair at every draw (:mod:`derain_cli.rainrender`).
+
+    ``ratio`` is the share of pair draws it serves; the rest come from the real pairs
+    (all of them when there are none). Draws use the sampler's generator, so a saved
+    sampler state reproduces the rendered batches too.
+    """
+
+    def __init__(self, images: list[np.ndarray], cfg, ratio: float, max_zoom_out: float = 3.0):
+        if not images:
+            raise DerainError("no clean photos to render rain on")
+        if not 0.0 < ratio <= 1.0:
+            raise DerainError(f"--render-ratio must lie in (0, 1], not {ratio}")
+        self.images, self.cfg, self.ratio, self.max_zoom_out = images, cfg, ratio, max_zoom_out
+
+    def draw(self, rng: np.random.Generator, patch: int) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(rainy, clean)`` pair of ``P x P x 3`` float32 crops in [0, 1]."""
+        from ..rainrender import random_crop, render_pair
+
+        img = self.images[int(rng.integers(len(self.images)))]
+        crop = random_crop(img, patch, rng, self.max_zoom_out)
+        if rng.integers(0, 2):
+            crop = crop[:, ::-1]
+        rainy, clean, _ = render_pair(crop.astype(np.float32) / 255.0, rng, self.cfg)
+        return rainy, clean
+
+
 class PatchSampler:
     """Draws batches of random crops, mirrored left-right and/or turned upside down.
 
@@ -84,11 +111,13 @@ class PatchSampler:
     ``sources`` maps batch keys to lists of images; keys in the same ``aligned``
     group share image index, crop and augmentation (rainy/clean pairs).
     ``rank``/``world`` shard the images so each DDP rank sees its own part.
+    ``render`` (optional) serves part of the ``rainy``/``clean`` draws with rendered rain.
     """
 
     def __init__(self, sources: dict[str, list[np.ndarray]], groups: list[list[str]], patch: int,
-                 batch: int, seed: int, rank: int = 0, world: int = 1):
+                 batch: int, seed: int, rank: int = 0, world: int = 1, render: RenderSource | None = None):
         self.sources, self.groups, self.patch, self.batch = sources, groups, patch, batch
+        self.render = render
         self.index = {}
         for group in groups:
             n = len(sources[group[0]])
@@ -120,18 +149,58 @@ class PatchSampler:
         out: dict[str, list] = {k: [] for g in self.groups for k in g}
         for group in self.groups:
             idx = self.index[group[0]]
+            rendered = self.render is not None and group == ["rainy", "clean"]
             for _ in range(self.batch):
+                if rendered and (len(idx) == 0 or self.rng.random() < self.render.ratio):
+                    rainy, clean = self.render.draw(self.rng, self.patch)
+                    out["rainy"].append(rainy)
+                    out["clean"].append(clean)
+                    continue
                 i = idx[self.rng.integers(0, len(idx))]
                 for key, crop in zip(group, self._crop([self.sources[k][i] for k in group])):
-                    out[key].append(crop)
-        return {k: np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+                    out[key].append(crop.astype(np.float32) / 255.0)
+        return {k: np.ascontiguousarray(np.stack(v).transpose(0, 3, 1, 2), dtype=np.float32)
                 for k, v in out.items()}
 
 
+def build_render(render: dict | None, patch: int) -> tuple[RenderSource | None, dict | None]:
+    """The :class:`RenderSource` for ``{"folders", "ratio", "mix", "streaks"}`` and its description."""
+    if not render:
+        return None, None
+    from ..rainrender import GENERAL_MIX, RenderConfig, load_streak_bank
+
+    mix = dict(render.get("mix") or GENERAL_MIX)
+    streaks = render.get("streaks")
+    if not streaks and not render.get("mix"):
+        mix.pop("photoreal", None)  # the default mix without a streak bank: the procedural families
+    try:
+        bank = load_streak_bank(streaks) if streaks else None
+        cfg = RenderConfig(mix=mix, bank=bank)
+    except (OSError, ValueError) as exc:
+        raise DerainError(f"--render: {exc}") from None
+    images = [img for folder in render["folders"] for img in load_folder(folder, patch)]
+    source = RenderSource(images, cfg, float(render.get("ratio", 1.0)))
+    info = {"folders": [str(f) for f in render["folders"]], "count": len(images), "ratio": source.ratio,
+            "mix": mix, "extras": cfg.extras, "streaks": str(streaks) if streaks else None}
+    return source, info
+
+
 def build_sampler(mode: str, folders: list[str], patch: int, batch: int, seed: int,
-                  rank: int = 0, world: int = 1) -> tuple[PatchSampler, dict]:
-    """The sampler for a training mode plus a description of the data for the weights metadata."""
-    if mode == "paired":
+                  rank: int = 0, world: int = 1, render: dict | None = None) -> tuple[PatchSampler, dict]:
+    """The sampler for a training mode plus a description of the data for the weights metadata.
+
+    ``render`` adds rendered pairs to the paired part (``paired`` mode may then have no folders).
+    """
+    source, render_info = build_render(render, patch)
+    if source is not None and mode == "unpaired":
+        raise DerainError("--render adds rainy/clean pairs: use it with --paired or --semi, not --unpaired")
+    if mode == "paired" and not folders:
+        if source is None:
+            raise DerainError("paired training needs --paired RAINY CLEAN, --render CLEAN_DIR, or both")
+        source.ratio = 1.0
+        sources, groups = {"rainy": [], "clean": []}, [["rainy", "clean"]]
+        info = {"rendered": render_info}
+    elif mode == "paired":
         rainy, clean, _ = load_paired(folders[0], folders[1], patch)
         sources, groups = {"rainy": rainy, "clean": clean}, [["rainy", "clean"]]
         info = {"paired": {"rainy": str(folders[0]), "clean": str(folders[1]), "count": len(rainy)}}
@@ -148,4 +217,6 @@ def build_sampler(mode: str, folders: list[str], patch: int, batch: int, seed: i
                          "real": str(folders[2]), "real_count": len(real)}}
     else:
         raise DerainError(f"unknown training mode {mode!r}")
-    return PatchSampler(sources, groups, patch, batch, seed, rank, world), info
+    if render_info is not None:
+        info["rendered"] = render_info
+    return PatchSampler(sources, groups, patch, batch, seed, rank, world, source), info

@@ -47,6 +47,10 @@ class TrainOptions:
     ema: float = 0.0
     seed: int = 0
     val: tuple[str, str] | None = None
+    #: More validation sets, each a folder with ``rainy/`` and ``clean/``; the score is the mean over sets.
+    val_sets: list[str] = field(default_factory=list)
+    #: Rendered rain on clean photos: ``{"folders", "ratio", "mix", "streaks"}`` (see train.data.build_render).
+    render: dict[str, Any] | None = None
     val_every: int = 500
     save_every: int = 500
     log_every: int = 10
@@ -128,6 +132,21 @@ def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.
     return float(np.mean(scores))
 
 
+def load_val_sets(val: tuple[str, str] | None, folders: list[str]) -> dict[str, tuple[list, list]]:
+    """Validation pairs by set name: ``--val RAINY CLEAN`` is ``val``, each ``--val-set DIR`` its folder name."""
+    sets: dict[str, tuple[list, list]] = {}
+    if val:
+        vr, vc, _ = load_paired(val[0], val[1], 1)
+        sets["val"] = (vr, vc)
+    for folder in folders:
+        name = Path(folder).name
+        if name in sets:
+            raise DerainError(f"two validation sets are named {name!r}; give them different folder names")
+        vr, vc, _ = load_paired(Path(folder) / "rainy", Path(folder) / "clean", 1)
+        sets[name] = (vr, vc)
+    return sets
+
+
 def train(opts: TrainOptions) -> TrainResult:
     """Run (or resume) one training job; returns when done, out of time, or interrupted."""
     spec = get_spec(opts.model)
@@ -145,11 +164,9 @@ def train(opts: TrainOptions) -> TrainResult:
         _check_out_dir(Path(opts.export).parent)
 
     # Everything that can fail on bad input happens before the first step.
-    sampler, data_info = build_sampler(opts.mode, opts.folders, opts.patch, opts.batch, opts.seed, rank, world)
-    val_pairs = None
-    if opts.val:
-        vr, vc, _ = load_paired(opts.val[0], opts.val[1], 1)
-        val_pairs = (vr, vc)
+    sampler, data_info = build_sampler(opts.mode, opts.folders, opts.patch, opts.batch, opts.seed, rank, world,
+                                       render=opts.render)
+    val_sets = load_val_sets(opts.val, opts.val_sets)
 
     resume_dir = None
     inherited_tasks: set[str] = set()
@@ -219,7 +236,7 @@ def train(opts: TrainOptions) -> TrainResult:
                 recipe.nets[name] = DDP(net, find_unused_parameters=True,
                                         device_ids=[device.index] if device.type == "cuda" else None)
 
-    n_images = len(next(iter(sampler.sources.values())))
+    n_images = len(next(iter(sampler.sources.values()))) or len(sampler.render.images)
     total = _total_steps(opts, n_images, world)
     if resume_dir is not None and not opts.steps and not opts.epochs:
         total = saved.get("total_steps", total)
@@ -248,6 +265,7 @@ def train(opts: TrainOptions) -> TrainResult:
             "sampler": sampler.state(), "numpy_rng": list(_jsonable(np.random.get_state())),
             "python_rng": _jsonable(random.getstate()), "total_steps": total, "data": data_info,
             "command": opts.command, "recipe_options": opts.recipe_options, "tasks": tasks_now(),
+            "render": opts.render,
         }
 
     def checkpoint(name: str = "last", collective: bool = True) -> None:
@@ -326,10 +344,12 @@ def train(opts: TrainOptions) -> TrainResult:
                     if fitted != total:
                         total = recipe.total_steps = fitted
                         progress.update(task, total=total)
-                if val_pairs is not None and is_main and (step % opts.val_every == 0 or step == total):
-                    score = validate(spec, ema if ema is not None else recipe.bundle,
-                                     recipe.val_variant, val_pairs, device)
-                    log({"step": step, "val_psnr_y": round(score, 4)})
+                if val_sets and is_main and (step % opts.val_every == 0 or step == total):
+                    scores = {name: validate(spec, ema if ema is not None else recipe.bundle,
+                                             recipe.val_variant, pairs, device) for name, pairs in val_sets.items()}
+                    score = float(np.mean(list(scores.values())))
+                    log({"step": step, "val_psnr_y": round(score, 4),
+                         **({f"val_{k}": round(v, 4) for k, v in scores.items()} if len(scores) > 1 else {})})
                     if best is None or score > best:
                         best = score
                         export(out / "best.safetensors")

@@ -1,0 +1,301 @@
+"""Rainy/clean training pairs rendered from clean photos, one new rendering per crop.
+
+A model trained on one dataset's rain learns that rain; users' photos have other
+rain. :func:`render_pair` draws a rain *family* and the things real photos also
+carry, and returns the rainy input and the clean target:
+
+* ``fine``: Rain100L-like thin soft streaks (the ``fine`` preset of :mod:`synth`).
+* ``light``: sparse streaks of several widths (the ``light`` preset).
+* ``downpour``: Rain100H-like heavy rain: dense, long and wide streaks in several
+  layers around one main direction (within 30 degrees of vertical), then JORDER's
+  accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
+* ``photoreal``: Garg & Nayar's rendered streak textures (a streak bank folder),
+  scaled, rotated, motion-blurred and added in depth layers: far layers small and
+  dim, near ones large, bright and soft.
+
+Extras, each drawn per pair: exposure and white balance (applied to the target
+too), depth haze, out-of-focus near drops, sensor noise and JPEG compression of
+the rainy input. The target never gets rain, haze, drops, noise or JPEG.
+
+Everything random comes from one ``numpy.random.Generator``, so a seed (or a
+saved generator state) reproduces a pair bit for bit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .synth import depth_proxy, render_rain
+
+FAMILIES = ("fine", "light", "downpour", "photoreal")
+
+#: The family mix of the ``general`` weights: heavy and photoreal rain first (what users
+#: have), Rain100L-like fine streaks kept so the light-rain benchmark is not forgotten.
+GENERAL_MIX: dict[str, float] = {"fine": 0.2, "light": 0.1, "downpour": 0.4, "photoreal": 0.3}
+
+#: Probability of each extra per pair.
+GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "haze": 0.3, "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
+
+
+@dataclass
+class RenderConfig:
+    """What to render: a family mix, extras' probabilities and the streak bank."""
+
+    mix: dict[str, float] = field(default_factory=lambda: dict(GENERAL_MIX))
+    extras: dict[str, float] = field(default_factory=lambda: dict(GENERAL_EXTRAS))
+    bank: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.mix) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown rain famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(sorted(unknown))}; "
+                             f"choose from {', '.join(FAMILIES)}")
+        if not self.mix or min(self.mix.values()) < 0 or sum(self.mix.values()) <= 0:
+            raise ValueError("the rain mix needs at least one family with a positive weight")
+        unknown = set(self.extras) - set(GENERAL_EXTRAS)
+        if unknown:
+            raise ValueError(f"unknown extra(s) {', '.join(sorted(unknown))}; choose from {', '.join(GENERAL_EXTRAS)}")
+        if self.mix.get("photoreal", 0) > 0 and not self.bank:
+            raise ValueError("the photoreal family needs a streak bank (--streaks DIR)")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"downpour=0.5,fine=0.5"`` -> ``{"downpour": 0.5, "fine": 0.5}``; a bare family gets weight 1."""
+    out: dict[str, float] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, weight = item.partition("=")
+        try:
+            out[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"rain mix weight must be a number, not {weight!r} in {text!r}") from None
+    return out
+
+
+def load_streak_bank(folder: str | os.PathLike) -> list[np.ndarray]:
+    """Grayscale streak textures (white streaks on black) from a folder of PNGs."""
+    import cv2
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png")
+    bank = [img for img in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files) if img is not None]
+    if not bank:
+        raise ValueError(f"no streak textures (.png) in {folder}")
+    return bank
+
+
+# -- rain layers --------------------------------------------------------------------------
+def _line_kernel(length: int, angle: float, width: int) -> np.ndarray:
+    """A normalised anti-aliased line of ``length`` px, ``angle`` degrees from vertical."""
+    import cv2
+
+    size = length + 4 + width
+    size += 1 - size % 2
+    k = np.zeros((size, size), np.float32)
+    c, a = size / 2, np.deg2rad(angle)
+    dx, dy = np.sin(a) * length / 2, np.cos(a) * length / 2
+    shift = 4
+    p0 = (int(round((c - dx) * 16)), int(round((c - dy) * 16)))
+    p1 = (int(round((c + dx) * 16)), int(round((c + dy) * 16)))
+    cv2.line(k, p0, p1, 1.0, thickness=width, lineType=cv2.LINE_AA, shift=shift)
+    return k / max(float(k.sum()), 1e-6)
+
+
+def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
+    """Heavy rain: 2-4 layers of dense long streaks; nearer layers longer, wider and softer."""
+    import cv2
+
+    n = int(rng.integers(2, 5))
+    rain = np.zeros((h, w), np.float32)
+    layers = []
+    for i in range(n):
+        near = (i + rng.random()) / n  # 0 = far, 1 = near
+        density = float(rng.uniform(0.002, 0.008) * (1.3 - 0.6 * near))
+        length = int(rng.integers(20, 40) + near * rng.integers(20, 60))
+        width = int(1 + round(near * rng.uniform(0, 3)))
+        intensity = float(rng.uniform(0.25, 0.55) + 0.35 * near)
+        seeds = (rng.random((h, w), dtype=np.float32) < density).astype(np.float32)
+        seeds *= rng.uniform(0.4, 1.0, size=(h, w)).astype(np.float32)
+        blur = float(rng.uniform(0.3, 0.8) + near * 1.2)
+        seeds = cv2.GaussianBlur(seeds, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+        a = angle + float(rng.uniform(-4, 4))
+        streaks = cv2.filter2D(seeds, -1, _line_kernel(length, a, width), borderType=cv2.BORDER_REFLECT)
+        nz = streaks[streaks > 1e-6]
+        peak = float(np.percentile(nz, 98)) if nz.size else 1.0
+        streaks = np.clip(streaks / max(peak, 1e-6), 0, 1) * intensity
+        rain = 1 - (1 - rain) * (1 - streaks)
+        layers.append({"density": density, "length": length, "width": width, "angle": a,
+                       "intensity": intensity, "blur": blur})
+    return rain, layers
+
+
+def photoreal_layers(h: int, w: int, rng: np.random.Generator, angle: float,
+                     bank: list[np.ndarray]) -> tuple[np.ndarray, list[dict]]:
+    """1-3 depth layers cut from the streak bank: scaled, rotated and motion-blurred."""
+    import cv2
+
+    n = int(rng.integers(1, 4))
+    rain = np.zeros((h, w), np.float32)
+    layers = []
+    for i in range(n):
+        near = (i + rng.random()) / n
+        k = int(rng.integers(len(bank)))
+        tex = bank[k]
+        scale = float(0.35 + near * rng.uniform(0.4, 1.4))  # output px per texture px
+        a = angle + float(rng.uniform(-4, 4))
+        th, tw = tex.shape
+        # output -> texture: rotate about the crop centre, scale, land at a random texture point
+        cx, cy = float(rng.uniform(0.3, 0.7) * tw), float(rng.uniform(0.3, 0.7) * th)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), -a, 1.0 / scale)
+        m[:, 2] += (cx - w / 2, cy - h / 2)
+        layer = cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+        blur_len = int(rng.integers(1, 4) + near * rng.integers(0, 12))
+        if blur_len > 2:
+            layer = cv2.filter2D(layer, -1, _line_kernel(blur_len, a, 1), borderType=cv2.BORDER_REFLECT)
+        gain = float(rng.uniform(0.6, 1.0) + 0.6 * near)
+        layer = np.clip(layer * gain, 0, 1)
+        rain = 1 - (1 - rain) * (1 - layer)
+        layers.append({"texture": k, "scale": scale, "angle": a, "motion_blur": blur_len, "gain": gain})
+    return rain, layers
+
+
+def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
+               bank: list[np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ``H x W`` streak layer of one family in [0, 1], and its parameters."""
+    angle = float(np.clip(rng.normal(0, 12), -30, 30))  # one main direction per image
+    if family in ("fine", "light"):
+        layer, layers = render_rain(h, w, rng, family)
+        return layer, {"family": family, "layers": layers}
+    if family == "downpour":
+        layer, layers = downpour_layers(h, w, rng, angle)
+    elif family == "photoreal":
+        if not bank:
+            raise ValueError("the photoreal family needs a streak bank")
+        layer, layers = photoreal_layers(h, w, rng, angle, bank)
+    else:
+        raise ValueError(f"unknown rain family {family!r}; choose from {', '.join(FAMILIES)}")
+    return layer, {"family": family, "angle": angle, "layers": layers}
+
+
+# -- what else real photos carry -------------------------------------------------------------
+def expose(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Exposure gain, gamma and white balance: a camera's rendering, shared by input and target."""
+    gain = float(np.exp(rng.uniform(np.log(0.7), np.log(1.3))))
+    gamma = float(rng.uniform(0.85, 1.15))
+    wb = rng.uniform(0.92, 1.08, size=3).astype(np.float32)
+    out = np.clip(np.power(np.clip(img, 0, 1), gamma) * gain * wb, 0, 1).astype(np.float32)
+    return out, {"gain": gain, "gamma": gamma, "white_balance": [float(v) for v in wb]}
+
+
+def _atmosphere(rng: np.random.Generator) -> np.ndarray:
+    gray = float(rng.uniform(0.7, 1.0))
+    return np.clip(gray + rng.uniform(-0.03, 0.03, size=3), 0, 1).astype(np.float32)
+
+
+def accumulate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """JORDER's rain accumulation: ``alpha * O + (1 - alpha) * A``, a veil of scattered light."""
+    alpha = float(rng.uniform(0.55, 0.95))
+    atmos = _atmosphere(rng)
+    return alpha * img + (1 - alpha) * atmos, {"alpha": alpha, "atmospheric_light": [float(v) for v in atmos]}
+
+
+def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Depth haze ``T * O + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
+    beta = float(rng.uniform(0.15, 1.2))
+    atmos = _atmosphere(rng)
+    t = np.exp(-beta * depth)[..., None].astype(np.float32)
+    return t * img + (1 - t) * atmos, {"beta": beta, "atmospheric_light": [float(v) for v in atmos]}
+
+
+def near_drops(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Out-of-focus drops near the lens: soft bright discs showing a blurred background."""
+    import cv2
+
+    h, w = img.shape[:2]
+    n = int(rng.integers(1, 7))
+    blurred = cv2.GaussianBlur(img, (0, 0), max(2.0, min(h, w) / 40), borderType=cv2.BORDER_REFLECT)
+    mask = np.zeros((h, w), np.float32)
+    radii = []
+    for _ in range(n):
+        r = float(rng.uniform(0.02, 0.1) * min(h, w)) + 2
+        cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        cv2.circle(mask, (int(cx * 16), int(cy * 16)), int(r * 16), 1.0, -1, cv2.LINE_AA, shift=4)
+        radii.append(r)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, float(np.mean(radii)) / 3))[..., None]
+    lift = float(rng.uniform(0.03, 0.15))
+    drop = np.clip(blurred + lift, 0, 1)
+    return img * (1 - mask) + drop * mask, {"count": n, "radii": radii, "lift": lift}
+
+
+def sensor_noise(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Shot plus read noise: ``sigma^2 = k * I + s^2``."""
+    k = float(rng.uniform(0, 0.004))
+    s = float(rng.uniform(0.002, 0.02))
+    sigma = np.sqrt(k * np.clip(img, 0, 1) + s * s)
+    return img + rng.standard_normal(img.shape, dtype=np.float32) * sigma, {"shot": k, "read": s}
+
+
+def jpeg(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """JPEG round trip at a random quality (40-95), as phones and dashcams save."""
+    import cv2
+
+    q = int(rng.integers(40, 96))
+    u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return out, {"quality": q}
+
+
+def render_pair(clean: np.ndarray, rng: np.random.Generator,
+                cfg: RenderConfig | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(rainy, target, params)`` for a float ``H x W x 3`` clean image in [0, 1].
+
+    The target is ``clean`` after the same exposure as the input, nothing else.
+    """
+    cfg = cfg or RenderConfig()
+    h, w = clean.shape[:2]
+    x = np.asarray(clean, np.float32)[..., :3]
+    params: dict[str, Any] = {}
+    ex = cfg.extras
+    if rng.random() < ex.get("exposure", 0):
+        x, params["exposure"] = expose(x, rng)
+    target = x
+    kinds, probs = zip(*cfg.mix.items())
+    p = np.asarray(probs, np.float64) / sum(probs)
+    family = kinds[int(rng.choice(len(kinds), p=p))]
+    layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
+    # rain is light: it adds to the scene, dimmer where the scene is far (the depth proxy)
+    depth = depth_proxy(x, "mixed", float(rng.uniform(-0.1, 0.2)))
+    fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
+    tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)
+    rainy = x + (layer * fade)[..., None] * tint
+    if family == "downpour":
+        rainy, params["accumulation"] = accumulate(rainy, rng)
+    if rng.random() < ex.get("haze", 0):
+        rainy, params["haze"] = haze(rainy, depth, rng)
+    if rng.random() < ex.get("drops", 0):
+        rainy, params["drops"] = near_drops(np.clip(rainy, 0, 1), rng)
+    if rng.random() < ex.get("noise", 0):
+        rainy, params["noise"] = sensor_noise(rainy, rng)
+    rainy = np.clip(rainy, 0, 1).astype(np.float32)
+    if rng.random() < ex.get("jpeg", 0):
+        rainy, params["jpeg"] = jpeg(rainy, rng)
+    return rainy, np.ascontiguousarray(target, dtype=np.float32), params
+
+
+def random_crop(img: np.ndarray, patch: int, rng: np.random.Generator, max_zoom_out: float = 3.0) -> np.ndarray:
+    """A ``patch`` x ``patch`` crop at a random scale (a region up to ``max_zoom_out`` x larger, shrunk)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    top = min(max_zoom_out, min(h, w) / patch)
+    s = float(np.exp(rng.uniform(0, np.log(top)))) if top > 1 else 1.0
+    side = max(patch, int(round(patch * s)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    c = img[y:y + side, x:x + side]
+    if side != patch:
+        c = cv2.resize(c, (patch, patch), interpolation=cv2.INTER_AREA)
+    return c
