@@ -23,7 +23,7 @@ from .registry import ModelSpec, UnknownModelError, get_spec
 TASKS = ("derain", "rainify")
 
 
-def _open_weights(spec: ModelSpec, weights: str | os.PathLike | None):
+def _open_weights(spec: ModelSpec, weights: str | os.PathLike | None, entry_name: str | None = None):
     """``(state_dict, meta)``: an explicit file, else :mod:`derain_cli.weights` (bundled -> cache -> hub).
 
     An explicit file is checked against ``spec.name`` (its metadata must name
@@ -40,7 +40,7 @@ def _open_weights(spec: ModelSpec, weights: str | os.PathLike | None):
         if exc.name != "derain_cli.weights":
             raise
         raise WeightsError(f"no weights for {spec.name!r}: pass --weights FILE.safetensors") from None
-    return open_weights(spec.weights_entry or spec.name)
+    return open_weights(entry_name or spec.weights_entry or spec.name)
 
 
 def _build(spec: ModelSpec, state: dict[str, Any], meta: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -297,6 +297,10 @@ def load_model(
         except UnknownModelError as exc:
             raise DerainError(str(exc)) from None
     flip_views(ensemble)  # a bad count fails before the weights are read
+    if weights is None and isinstance(name, str) and "." in name:
+        from .weights import entry
+
+        entry(name)  # an unknown tag fails before a device is chosen
     variant = variant or spec.variants[0]
     if variant not in spec.variants:
         raise DerainError(f"model {spec.name!r} has no variant {variant!r}; choose one of {', '.join(spec.variants)}")
@@ -306,7 +310,7 @@ def load_model(
     devices.set_threads(threads)
     dev = device if isinstance(device, torch.device) else devices.resolve_device(str(device), notify=notify)
     dtype = devices.half_dtype(dev, half)
-    state, meta = _open_weights(spec, weights)
+    state, meta = _open_weights(spec, weights, name if isinstance(name, str) else None)
     tasks = meta.get("tasks")
     if isinstance(tasks, list) and task not in tasks:
         where = meta.get("weights_path", "these weights")

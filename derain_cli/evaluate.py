@@ -305,11 +305,11 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
 
 
 def available_models() -> list[str]:
-    """Registered models whose weights are bundled or cached (what ``--model all`` benchmarks)."""
+    """Every weights entry (each tag of each model) bundled or cached here: what ``--model all`` benchmarks."""
     from .registry import MODEL_NAMES
-    from .weights import weights_status
+    from .weights import tagged_entries, weights_status
 
-    return [n for n in MODEL_NAMES if weights_status(n) in ("bundled", "cached")]
+    return [e.name for n in MODEL_NAMES for e in tagged_entries(n) if weights_status(e.name) in ("bundled", "cached")]
 
 
 def published_figures(dataset: str) -> list[dict[str, Any]]:

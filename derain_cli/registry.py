@@ -84,13 +84,20 @@ class ModelSpec:
         return "/".join(self.modes)
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"dualstage.general"`` -> ``("dualstage", "general")``; a bare name has no tag (timm's ``name.tag``)."""
+    arch, dot, tag = name.partition(".")
+    if arch not in MODEL_NAMES:
+        raise UnknownModelError(f"unknown model {arch!r}; available: {', '.join(MODEL_NAMES)}")
+    if dot and not tag:
+        raise UnknownModelError(f"empty tag in {name!r}; write NAME or NAME.TAG, e.g. {arch}.general")
+    return arch, (tag if dot else None)
+
+
 def get_spec(name: str) -> ModelSpec:
-    """Import ``derain_cli.models.<name>`` and return its ``SPEC``."""
-    if name not in MODEL_NAMES:
-        raise UnknownModelError(
-            f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}"
-        )
-    module = importlib.import_module(f"derain_cli.models.{name}")
+    """Import ``derain_cli.models.<name>`` and return its ``SPEC`` (a ``.tag`` names weights, not code)."""
+    arch, _ = split_name(name)
+    module = importlib.import_module(f"derain_cli.models.{arch}")
     return module.SPEC
 
 

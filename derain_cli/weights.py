@@ -50,7 +50,8 @@ _REQUIRED = {
     "command": str,
 }
 _HUB_FIELDS = ("repo_id", "revision", "filename")
-_OPTIONAL = {"model": str, "summary": str, "metrics": dict, "tasks": list, **{k: str for k in _HUB_FIELDS}}
+_OPTIONAL = {"model": str, "summary": str, "metrics": dict, "tasks": list, "default": bool,
+             **{k: str for k in _HUB_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ class WeightsEntry:
     repo_id: str | None = None
     revision: str | None = None
     filename: str | None = None
+    #: The weights a bare ``--model NAME`` means (one per architecture; else its first entry).
+    default: bool = False
+
+    @property
+    def tag(self) -> str:
+        """``general`` for the entry ``dualstage.general``; ``""`` for an untagged entry."""
+        return self.name.partition(".")[2]
 
     @property
     def published(self) -> bool:
@@ -112,14 +120,16 @@ def _parse_entry(name: str, table: Any, where: Path) -> WeightsEntry:
     if unknown:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
     for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
-        if key in table and (not isinstance(table[key], typ) or isinstance(table[key], bool) and typ is int):
+        if key in table and (not isinstance(table[key], typ) or isinstance(table[key], bool) and typ is not bool):
             raise bad(f"field {key!r} must be a {typ.__name__}")
     missing = [k for k in _REQUIRED if k not in table]
     if missing:
         raise bad(f"missing field(s): {', '.join(missing)}")
-    model = table.get("model", name)
+    model = table.get("model", name.partition(".")[0])
     if model not in MODEL_NAMES:
         raise bad(f"model {model!r} is not registered (known: {', '.join(MODEL_NAMES)})")
+    if "." in name and name.partition(".")[0] != model:
+        raise bad(f"a tagged entry is named MODEL.TAG, but its model is {model!r}")
     if not _HEX64.fullmatch(table["sha256"]):
         raise bad("sha256 must be 64 lowercase hex digits")
     if "/" in table["file"] or "\\" in table["file"] or not table["file"].endswith(".safetensors"):
@@ -154,15 +164,28 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, WeightsEnt
         raise WeightsError(f"weights registry not found: {where}") from None
     except tomllib.TOMLDecodeError as exc:
         raise WeightsError(f"{where}: invalid TOML ({exc})") from None
-    return {name: _parse_entry(name, table, where) for name, table in data.items()}
+    entries = {name: _parse_entry(name, table, where) for name, table in data.items()}
+    defaults: dict[str, str] = {}
+    for e in entries.values():
+        if e.default and defaults.setdefault(e.model, e.name) != e.name:
+            raise WeightsError(f"{where}: [{defaults[e.model]}] and [{e.name}] are both the default of {e.model!r}")
+    return entries
+
+
+def tagged_entries(model: str) -> list[WeightsEntry]:
+    """Every entry of one architecture, the default first."""
+    found = [e for e in load_registry().values() if e.model == model]
+    return sorted(found, key=lambda e: not e.default)
 
 
 def find_entry(name: str) -> WeightsEntry | None:
-    """The entry for an entry or model name, or None when weights.toml lists none."""
+    """The entry for an entry name (``dualstage.general``) or a model name (its default tag), else None."""
     entries = load_registry()
     if name in entries:
         return entries[name]
-    matches = [e for e in entries.values() if e.model == name]
+    if "." in name:
+        return None
+    matches = tagged_entries(name)
     return matches[0] if matches else None
 
 
@@ -171,8 +194,15 @@ def entry(name: str) -> WeightsEntry:
     found = find_entry(name)
     if found is not None:
         return found
-    if name not in MODEL_NAMES:
-        raise WeightsError(f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}")
+    model, dot, tag = name.partition(".")
+    if dot and not tag:
+        raise WeightsError(f"empty tag in {name!r}; write NAME or NAME.TAG, e.g. {model}.general")
+    if model not in MODEL_NAMES:
+        raise WeightsError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
+    if tag:
+        have = [e.name for e in tagged_entries(model)]
+        raise WeightsError(f"model {model!r} has no weights tagged {tag!r}; "
+                           + (f"available: {', '.join(have)}" if have else "none are listed"))
     raise WeightsError(
         f"no trained weights are listed for {name!r} in {toml_path()}; "
         f"train some with `derain train --model {name} ... --export FILE.safetensors` "
@@ -379,7 +409,8 @@ def _architecture_for(name: str) -> str | None:
     e = find_entry(name)
     if e is not None:
         return e.model
-    return name if name in MODEL_NAMES else None
+    model = name.partition(".")[0]
+    return model if model in MODEL_NAMES else None
 
 
 def open_weights(
@@ -395,7 +426,7 @@ def open_weights(
     ``weights_path`` and ``weights_source`` (file / bundled / cache / download).
     """
     if weights_file is not None:
-        if model_name not in MODEL_NAMES and find_entry(model_name) is None:
+        if model_name.partition(".")[0] not in MODEL_NAMES and find_entry(model_name) is None:
             raise WeightsError(f"unknown model {model_name!r}; available: {', '.join(MODEL_NAMES)}")
         path = Path(weights_file)
         state, meta = load_weights(path, architecture=_architecture_for(model_name))

@@ -142,13 +142,13 @@ def bench_command(
         names = ev.available_models()
         if not names:
             raise DerainError("no registered model has weights available; pass --model NAME --weights FILE")
-        skipped = [n for n in MODEL_NAMES if n not in names]
+        skipped = [n for n in MODEL_NAMES if not any(x.partition(".")[0] == n for x in names)]
         if skipped:
             console.print(f"skipping models without weights here: {', '.join(skipped)}", highlight=False)
-    elif model in MODEL_NAMES:
+    elif model.partition(".")[0] in MODEL_NAMES:
         names = [model]
     else:
-        raise DerainError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)} or 'all'")
+        raise DerainError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)} (or NAME.TAG) or 'all'")
 
     console.print(f"dataset {ds.name}: {ds.root} ({ds.origin}), {min(n_pairs, limit or n_pairs)} of {n_pairs} pairs",
                   highlight=False)
