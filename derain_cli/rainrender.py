@@ -47,7 +47,7 @@ class RenderConfig:
 
     mix: dict[str, float] = field(default_factory=lambda: dict(GENERAL_MIX))
     extras: dict[str, float] = field(default_factory=lambda: dict(GENERAL_EXTRAS))
-    bank: list[np.ndarray] | None = None
+    bank: list[StreakTexture] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.mix) - set(FAMILIES)
@@ -75,15 +75,33 @@ def parse_mix(text: str) -> dict[str, float]:
     return out
 
 
-def load_streak_bank(folder: str | os.PathLike) -> list[np.ndarray]:
-    """Grayscale streak textures (white streaks on black) from a folder of PNGs."""
+@dataclass(frozen=True)
+class StreakTexture:
+    """One streak texture and the angle (degrees from vertical) its streaks already fall at."""
+
+    image: np.ndarray
+    angle: float
+
+
+def streak_angle(layer: np.ndarray) -> float:
+    """Dominant streak direction in degrees from vertical, positive leaning right going down.
+
+    From the structure tensor: streaks are where the gradient is perpendicular to them.
+    """
+    gy, gx = np.gradient(np.asarray(layer, np.float64))
+    jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
+    return -0.5 * float(np.degrees(np.arctan2(2 * jxy, jxx - jyy)))
+
+
+def load_streak_bank(folder: str | os.PathLike) -> list[StreakTexture]:
+    """Grayscale streak textures (white streaks on black) from a folder of PNGs, with their own angle."""
     import cv2
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png")
-    bank = [img for img in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files) if img is not None]
-    if not bank:
+    images = [img for img in (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files) if img is not None]
+    if not images:
         raise ValueError(f"no streak textures (.png) in {folder}")
-    return bank
+    return [StreakTexture(img, streak_angle(img)) for img in images]
 
 
 # -- rain layers --------------------------------------------------------------------------
@@ -112,7 +130,7 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> t
     layers = []
     for i in range(n):
         near = (i + rng.random()) / n  # 0 = far, 1 = near
-        density = float(rng.uniform(0.002, 0.008) * (1.3 - 0.6 * near))
+        density = float(rng.uniform(0.0005, 0.002) * (1.3 - 0.6 * near))
         length = int(rng.integers(20, 40) + near * rng.integers(20, 60))
         width = int(1 + round(near * rng.uniform(0, 3)))
         intensity = float(rng.uniform(0.25, 0.55) + 0.35 * near)
@@ -132,7 +150,7 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> t
 
 
 def photoreal_layers(h: int, w: int, rng: np.random.Generator, angle: float,
-                     bank: list[np.ndarray]) -> tuple[np.ndarray, list[dict]]:
+                     bank: list[StreakTexture]) -> tuple[np.ndarray, list[dict]]:
     """1-3 depth layers cut from the streak bank: scaled, rotated and motion-blurred."""
     import cv2
 
@@ -142,13 +160,14 @@ def photoreal_layers(h: int, w: int, rng: np.random.Generator, angle: float,
     for i in range(n):
         near = (i + rng.random()) / n
         k = int(rng.integers(len(bank)))
-        tex = bank[k]
+        tex = bank[k].image
         scale = float(0.35 + near * rng.uniform(0.4, 1.4))  # output px per texture px
         a = angle + float(rng.uniform(-4, 4))
         th, tw = tex.shape
-        # output -> texture: rotate about the crop centre, scale, land at a random texture point
+        # output -> texture: rotate about the crop centre (turning the texture's own streak
+        # angle into ``a``), scale, land at a random texture point
         cx, cy = float(rng.uniform(0.3, 0.7) * tw), float(rng.uniform(0.3, 0.7) * th)
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), -a, 1.0 / scale)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), bank[k].angle - a, 1.0 / scale)
         m[:, 2] += (cx - w / 2, cy - h / 2)
         layer = cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
@@ -163,7 +182,7 @@ def photoreal_layers(h: int, w: int, rng: np.random.Generator, angle: float,
 
 
 def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
-               bank: list[np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+               bank: list[StreakTexture] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The ``H x W`` streak layer of one family in [0, 1], and its parameters."""
     angle = float(np.clip(rng.normal(0, 12), -30, 30))  # one main direction per image
     if family in ("fine", "light"):
