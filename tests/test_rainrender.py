@@ -1,0 +1,183 @@
+"""Rendered training rain: each family renders what it claims, seeds reproduce, the sampler resumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from derain_cli.rainrender import (
+    FAMILIES,
+    RenderConfig,
+    StreakTexture,
+    parse_mix,
+    rain_layer,
+    random_crop,
+    render_pair,
+    streak_angle,
+)
+from derain_cli.train.data import PatchSampler, RenderSource
+
+NO_EXTRAS = {k: 0.0 for k in ("exposure", "haze", "drops", "noise", "jpeg")}
+
+
+def tilted_texture(angle: float, h: int = 160, w: int = 260, seed: int = 0) -> StreakTexture:
+    """A texture of thin streaks at ``angle`` degrees from vertical, like a Garg-Nayar file."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w), np.uint8)
+    a = np.deg2rad(angle)
+    for _ in range(120):
+        x, y, n = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 30)
+        p0, p1 = (int(x * 16), int(y * 16)), (int((x + np.sin(a) * n) * 16), int((y + np.cos(a) * n) * 16))
+        cv2.line(img, p0, p1, int(rng.integers(120, 255)), 1, cv2.LINE_AA, shift=4)
+    return StreakTexture(img, streak_angle(img))
+
+
+BANK = [tilted_texture(17, seed=1), tilted_texture(-17, seed=2), tilted_texture(0, seed=3)]
+
+
+def run_width(layer: np.ndarray, thr: float = 0.1) -> float:
+    """Mean length of above-threshold runs along rows: a streak's width for near-vertical rain."""
+    runs = []
+    for row in layer > thr:
+        d = np.diff(np.concatenate([[0], row.astype(int), [0]]))
+        runs += list(np.nonzero(d == -1)[0] - np.nonzero(d == 1)[0])
+    return float(np.mean(runs)) if runs else 0.0
+
+
+def layers(family: str, n: int = 12, size: int = 192):
+    for seed in range(n):
+        yield rain_layer(family, size, size, np.random.default_rng(seed), BANK)
+
+
+def test_streak_angle_reads_a_known_texture():
+    assert abs(BANK[0].angle - 17) < 3 and abs(BANK[1].angle + 17) < 3 and abs(BANK[2].angle) < 3
+
+
+@pytest.mark.parametrize("family", ["downpour", "photoreal"])
+def test_streaks_fall_in_the_drawn_direction_within_30_degrees_of_vertical(family):
+    errors = []
+    for layer, p in layers(family):
+        assert abs(p["angle"]) <= 30
+        errors.append(abs(streak_angle(layer) - p["angle"]))
+    assert np.median(errors) < 5 and max(errors) < 12, errors  # layers jitter by up to 4 degrees
+
+
+def test_one_main_direction_per_image_across_layers():
+    for _, p in layers("downpour"):
+        assert all(abs(layer["angle"] - p["angle"]) <= 4 for layer in p["layers"])
+
+
+def test_downpour_is_denser_brighter_and_wider_than_fine_rain():
+    fine = list(layers("fine"))
+    heavy = list(layers("downpour"))
+    cover = lambda ls: np.mean([(layer > 0.1).mean() for layer, _ in ls])  # noqa: E731
+    assert cover(heavy) > 2.5 * cover(fine)
+    assert np.mean([layer.mean() for layer, _ in heavy]) > 2.5 * np.mean([layer.mean() for layer, _ in fine])
+    assert np.mean([run_width(layer) for layer, _ in heavy]) > 1.5 * np.mean([run_width(layer) for layer, _ in fine])
+    for _, p in heavy:
+        assert 2 <= len(p["layers"]) <= 4
+        assert max(layer["length"] for layer in p["layers"]) >= 20
+
+
+def test_downpour_nearer_layers_are_longer_and_wider():
+    lengths, widths = {0: [], 1: []}, {0: [], 1: []}
+    for _, p in layers("downpour", n=30):
+        first, last = p["layers"][0], p["layers"][-1]  # far ... near
+        lengths[0].append(first["length"]); lengths[1].append(last["length"])
+        widths[0].append(first["width"]); widths[1].append(last["width"])
+    assert np.mean(lengths[1]) > np.mean(lengths[0]) + 10
+    assert np.mean(widths[1]) > np.mean(widths[0])
+
+
+def test_accumulation_veils_the_background_as_jorders_model_says():
+    black = np.zeros((96, 96, 3), np.float32)
+    cfg = RenderConfig(mix={"downpour": 1.0}, extras=NO_EXTRAS)
+    for seed in range(5):
+        rainy, target, p = render_pair(black, np.random.default_rng(seed), cfg)
+        alpha, atmos = p["accumulation"]["alpha"], np.array(p["accumulation"]["atmospheric_light"])
+        # where no streak falls the output is exactly (1 - alpha) * A
+        floor = rainy.reshape(-1, 3)[rainy.sum(-1).ravel().argsort()[:50]].mean(0)
+        assert np.allclose(floor, (1 - alpha) * atmos, atol=0.01), (floor, alpha, atmos)
+        assert np.array_equal(target, black)
+
+
+def test_the_target_gets_the_exposure_and_nothing_else():
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
+    cfg = RenderConfig(mix={"fine": 1.0}, extras={"exposure": 1.0, "haze": 1.0, "drops": 1.0, "noise": 1.0, "jpeg": 1.0})
+    rainy, target, p = render_pair(clean, np.random.default_rng(3), cfg)
+    e = p["exposure"]
+    expect = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
+    assert np.allclose(target, expect, atol=1e-6)
+    assert set(p) >= {"exposure", "haze", "drops", "noise", "jpeg", "rain"}
+    assert np.abs(rainy - target).mean() > 0.01
+
+
+def test_jpeg_and_noise_touch_only_the_input():
+    clean = np.full((64, 64, 3), 0.5, np.float32)
+    cfg = RenderConfig(mix={"fine": 1.0}, extras={**NO_EXTRAS, "noise": 1.0, "jpeg": 1.0})
+    rainy, target, p = render_pair(clean, np.random.default_rng(1), cfg)
+    assert np.array_equal(target, clean)
+    assert 40 <= p["jpeg"]["quality"] <= 95 and p["noise"]["read"] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_same_seed_gives_the_same_pair(family):
+    clean = np.random.default_rng(0).random((80, 72, 3)).astype(np.float32)
+    cfg = RenderConfig(mix={family: 1.0}, bank=BANK)
+    a = render_pair(clean, np.random.default_rng(7), cfg)
+    b = render_pair(clean, np.random.default_rng(7), cfg)
+    c = render_pair(clean, np.random.default_rng(8), cfg)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == clean.shape and a[0].dtype == np.float32 and 0 <= a[0].min() and a[0].max() <= 1
+
+
+def test_random_crop_zooms_out_at_most_as_asked():
+    img = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    for seed in range(10):
+        assert random_crop(img, 64, np.random.default_rng(seed)).shape == (64, 64, 3)
+    assert random_crop(img[:64, :64], 64, np.random.default_rng(0)).shape == (64, 64, 3)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown rain family"):
+        RenderConfig(mix={"hail": 1.0})
+    with pytest.raises(ValueError, match="streak bank"):
+        RenderConfig(mix={"photoreal": 1.0})
+    with pytest.raises(ValueError, match="must be a number"):
+        parse_mix("downpour=lots")
+    assert parse_mix("downpour=0.5, fine") == {"downpour": 0.5, "fine": 1.0}
+
+
+def _sampler(seed: int = 0) -> PatchSampler:
+    rng = np.random.default_rng(0)
+    pairs = [rng.integers(0, 255, (70, 90, 3), dtype=np.uint8) for _ in range(3)]
+    photos = [rng.integers(0, 255, (120, 100, 3), dtype=np.uint8) for _ in range(2)]
+    render = RenderSource(photos, RenderConfig(bank=BANK), ratio=0.6)
+    return PatchSampler({"rainy": pairs, "clean": [p // 2 for p in pairs]}, [["rainy", "clean"]], 48, 4, seed,
+                        render=render)
+
+
+def test_a_resumed_sampler_draws_the_same_rendered_batch():
+    a = _sampler()
+    for _ in range(3):
+        a.next_batch()
+    state = a.state()
+    expect = a.next_batch()
+    b = _sampler()
+    b.set_state(state)
+    got = b.next_batch()
+    assert all(np.array_equal(expect[k], got[k]) for k in ("rainy", "clean"))
+    assert expect["rainy"].shape == (4, 3, 48, 48) and expect["rainy"].dtype == np.float32
+
+
+def test_the_render_ratio_mixes_real_and_rendered_pairs():
+    s = _sampler()
+    real = 0
+    for _ in range(50):
+        batch = s.next_batch()
+        # a real pair's clean crop is exactly half its rainy crop (rounded down, in 1/255 steps)
+        real += sum(np.allclose(c, np.floor(r * 255 / 2) / 255, atol=1e-6) for r, c in zip(batch["rainy"], batch["clean"]))
+    assert 0.25 < real / 200 < 0.55  # 40% real draws
