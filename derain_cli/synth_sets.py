@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import DerainError, ImageError
 from .imageio import read_rgb8
+from .rainrender import RenderConfig, render_pair
 from .synth import image_seed, parse_fog, synthesize
 from .imageio import write_png  # noqa: F401 (one implementation, in imageio)
 from .weightfile import atomic_write_bytes
@@ -23,6 +24,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: The rain100l-fog evaluation set: Rain100L test *rainy* images with fog only.
 RAIN100L_FOG = {"fog": 0.5, "seed": 2024, "rain": "none"}
+
+
+class RenderedParams:
+    """The JSON record of one rendered pair: its seed and every drawn parameter."""
+
+    def __init__(self, seed: int, info: dict):
+        self.seed, self.info = seed, info
+
+    def to_dict(self) -> dict:
+        return {"seed": int(self.seed), "renderer": "rainrender", **self.info}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -51,12 +62,17 @@ def synthesize_folder(
     seed: int = 0,
     clean_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    render: RenderConfig | None = None,
 ) -> int:
     """Synthesize every image of ``src`` into ``out``; returns the image count.
 
     ``clean_dir`` (optional) holds the ground truth for already-rainy inputs
     (matched by file stem); without it the input itself is the clean copy.
+    ``render`` replaces the physical presets with the training renderer
+    (:mod:`derain_cli.rainrender`); its clean output is the exposed target.
     """
+    if render is not None and clean_dir is not None:
+        raise DerainError("--clean is for rainy inputs; the training rain families render on clean photos")
     src, out = Path(src), Path(out)
     fog_range = parse_fog(fog)
     files = list_images(src)
@@ -69,8 +85,12 @@ def synthesize_folder(
     for i, path in enumerate(files):
         img = read_rgb8(path).astype(np.float32) / 255.0
         s = image_seed(seed, path.name)
-        rainy, params = synthesize(img, s, rain=rain, fog=fog_range)
-        clean = read_rgb8(clean_by_stem[path.stem]) if clean_dir else (img * 255).round().astype(np.uint8)
+        if render is not None:  # what training sees: rendered rain, the target after the same exposure
+            rainy, target, info = render_pair(img, np.random.default_rng(s), render)
+            clean, params = (target * 255).round().astype(np.uint8), RenderedParams(s, info)
+        else:
+            rainy, params = synthesize(img, s, rain=rain, fog=fog_range)
+            clean = read_rgb8(clean_by_stem[path.stem]) if clean_dir else (img * 255).round().astype(np.uint8)
         if clean.shape != img.shape:
             raise DerainError(f"{path.name}: clean image size {clean.shape[:2]} differs from {img.shape[:2]}")
         name = path.stem + ".png"

@@ -168,3 +168,36 @@ def test_cli_errors_are_one_line(tiny_pairs: Path, tmp_path: Path):
     ok = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "ok"), "--rain", "heavy", "--fog", "0.3")
     assert ok.returncode == 0, ok.stderr
     assert len(list((tmp_path / "ok" / "rainy").glob("*.png"))) == 6
+
+
+def test_synth_renders_what_training_sees_reproducibly(tiny_pairs: Path, tmp_path: Path):
+    from derain_cli.imageio import read_rgb8
+    from derain_cli.rainrender import RenderConfig
+
+    cfg = RenderConfig(mix={"downpour": 1.0})
+    a = synthesize_folder(tiny_pairs / "clean", tmp_path / "a", seed=5, render=cfg)
+    synthesize_folder(tiny_pairs / "clean", tmp_path / "b", seed=5, render=cfg)
+    assert a == 6
+    for name in ("000.png", "003.png"):
+        assert np.array_equal(read_rgb8(tmp_path / "a" / "rainy" / name), read_rgb8(tmp_path / "b" / "rainy" / name))
+    params = json.loads((tmp_path / "a" / "params" / "000.json").read_text())
+    assert params["renderer"] == "rainrender" and params["rain"]["family"] == "downpour"
+    assert "accumulation" in params
+    rainy, clean = read_rgb8(tmp_path / "a" / "rainy" / "000.png"), read_rgb8(tmp_path / "a" / "clean" / "000.png")
+    assert rainy.astype(int).mean() > clean.astype(int).mean() + 5  # heavy rain and its veil add light
+
+
+def test_synth_cli_training_families_and_their_errors(tiny_pairs: Path, tmp_path: Path):
+    ok = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "g"), "--rain", "general")
+    assert ok.returncode == 0, ok.stderr
+    assert len(list((tmp_path / "g" / "rainy").glob("*.png"))) == 6
+    for args, needle in (
+        (("--rain", "photoreal"), "streak bank"),
+        (("--rain", "downpour", "--fog", "0.3"), "draw their own haze"),
+        (("--rain", "downpour=x"), "must be a number"),
+        (("--rain", "downpour", "--clean", str(tiny_pairs / "rainy")), "--clean is for rainy inputs"),
+    ):
+        res = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "bad"), *args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
+    assert not (tmp_path / "bad").exists()

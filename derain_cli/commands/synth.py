@@ -14,7 +14,10 @@ EVAL_SETS = ("rain100l-fog",)
 def synth(
     src: Optional[Path] = typer.Argument(None, help="Folder of clean images (or rainy ones with --clean)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: rainy/, clean/ and params/ are written there."),
-    rain: str = typer.Option("light", "--rain", help="Rain streaks: fine (like Rain100L), drizzle, light, heavy or none."),
+    rain: str = typer.Option("light", "--rain", help="Rain streaks: fine (like Rain100L), drizzle, light, heavy or none "
+                             "(physical model, with --fog); or what training renders: downpour, photoreal, general "
+                             "(the general weights' mix) or a mix like downpour=0.5,fine=0.5."),
+    streaks: Optional[Path] = typer.Option(None, "--streaks", help="Streak textures for photoreal rain (rain_streaks_garg06)."),
     fog: str = typer.Option("0", "--fog", help="Fog strength 0..1, or a range like 0.2-0.8 drawn per image."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
     clean: Optional[Path] = typer.Option(None, "--clean", help="Ground-truth folder when SRC is already rainy."),
@@ -51,14 +54,32 @@ def synth(
         return
     if src is None:
         raise DerainError("missing source folder (or use --eval-set NAME --data DIR)")
-    if rain not in RAIN_CHOICES:
-        raise DerainError(f"--rain must be one of {', '.join(RAIN_CHOICES)}, not {rain!r}")
+    render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog)
     try:
         parse_fog(fog)
     except ValueError as exc:
         raise DerainError(str(exc)) from None
-    n = synthesize_folder(src, out, rain=rain, fog=fog, seed=seed, clean_dir=clean, progress=progress)
+    n = synthesize_folder(src, out, rain=rain, fog=fog, seed=seed, clean_dir=clean, progress=progress, render=render)
     console.print(f"wrote {n} images to {out}")
+
+
+def training_render(rain: str, streaks: Optional[Path], fog: str):
+    """The training renderer's config for ``--rain`` = a family, ``general`` or a mix."""
+    from ..rainrender import FAMILIES, GENERAL_MIX, RenderConfig, load_streak_bank, parse_mix
+    from ..synth import RAIN_CHOICES
+
+    if rain != "general" and rain not in FAMILIES and "=" not in rain and "," not in rain:
+        raise DerainError(f"--rain must be one of {', '.join(RAIN_CHOICES)}, {', '.join(FAMILIES[2:])}, general "
+                          f"or a mix like downpour=0.5,fine=0.5; not {rain!r}")
+    if fog.strip() not in ("0", "0.0"):
+        raise DerainError("--fog goes with the physical presets; the training families draw their own haze")
+    try:
+        mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
+        if rain == "general" and streaks is None:
+            mix.pop("photoreal")
+        return RenderConfig(mix=mix, bank=load_streak_bank(streaks) if streaks else None)
+    except (OSError, ValueError) as exc:
+        raise DerainError(f"--rain {rain}: {exc}") from None
 
 
 def register(app: typer.Typer) -> None:
