@@ -371,3 +371,49 @@ def test_train_without_model_picks_the_default_for_the_data(tiny_pairs, monkeypa
     assert "training dcdgan, the default for --unpaired" in err
     state = json.loads((out / "last" / "state.json").read_text())["extra"]
     assert state["model"] == "dcdgan" and state["mode"] == "unpaired" and state["step"] == 2
+
+
+# -- 6. rain rendered per crop, several validation sets ------------------------------------------
+
+def test_rendered_rain_alone_trains_and_resumes_to_the_same_weights(tiny_pairs):
+    render = {"folders": [str(tiny_pairs / "clean")], "ratio": 1.0, "mix": {"downpour": 1.0, "fine": 1.0}}
+    full = engine.train(_opts(tiny_pairs, folders=[], render=render, out=tiny_pairs / "full", steps=6,
+                              val_sets=[str(tiny_pairs)]))
+    assert full.stopped == "done" and full.best_psnr is not None
+    first = engine.train(_opts(tiny_pairs, folders=[], render=render, out=tiny_pairs / "part", steps=3))
+    assert first.step == 3
+    second = engine.train(_opts(tiny_pairs, folders=[], render=render, out=tiny_pairs / "part", steps=6,
+                                resume=tiny_pairs / "part"))
+    assert second.step == 6
+    _assert_same(_weights(tiny_pairs / "full" / "model.safetensors"),
+                 _weights(tiny_pairs / "part" / "model.safetensors"))  # fp16 files
+    meta_data = json.loads((tiny_pairs / "full" / "last" / "state.json").read_text())["extra"]["data"]
+    assert meta_data["rendered"]["count"] == 6 and meta_data["rendered"]["ratio"] == 1.0
+
+
+def test_two_validation_sets_are_scored_apart_and_averaged(tiny_pairs):
+    other = tiny_pairs / "other"
+    _write_folder(other / "rainy", 3, "rainy", seed0=300)
+    _write_folder(other / "clean", 3, "clean", seed0=300)
+    engine.train(_opts(tiny_pairs, steps=2, val_every=2, val_sets=[str(tiny_pairs), str(other)]))
+    rec = [r for r in _log(tiny_pairs / "run") if "val_psnr_y" in r][-1]
+    names = (f"val_{tiny_pairs.name}", "val_other")
+    assert all(n in rec for n in names)
+    assert abs(rec["val_psnr_y"] - (rec[names[0]] + rec[names[1]]) / 2) < 1e-3
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("--unpaired", "CLEAN", "RAINY", "--render", "CLEAN"), ("--render", "--unpaired")),
+    (("--render", "CLEAN", "--render-mix", "hail=1"), ("--render-mix", "hail")),
+    (("--render", "CLEAN", "--render-mix", "photoreal=1"), ("streak bank",)),
+    (("--paired", "RAINY", "CLEAN", "--render", "CLEAN", "--render-ratio", "0"), ("--render-ratio",)),
+])
+def test_render_options_fail_with_one_clear_line(tiny_pairs, monkeypatch, capsys, args, needles):
+    paths = {"CLEAN": tiny_pairs / "clean", "RAINY": tiny_pairs / "rainy"}
+    args = [str(paths.get(a, a)) for a in args]
+    model = ["--model", "dcdgan"] if "--unpaired" in args else []
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, *args) if not model else derain(
+        monkeypatch, capsys, "train", *model, "--patch", "32", "--steps", "1", "-q", "--out", tiny_pairs / "cli_run",
+        *args)
+    _assert_clean_error(code, err, *needles)
+    assert not (tiny_pairs / "cli_run" / "log.jsonl").exists()

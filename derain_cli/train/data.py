@@ -175,9 +175,12 @@ def build_render(render: dict | None, patch: int) -> tuple[RenderSource | None, 
         mix.pop("photoreal", None)  # the default mix without a streak bank: the procedural families
     try:
         bank = load_streak_bank(streaks) if streaks else None
-        cfg = RenderConfig(mix=mix, bank=bank)
     except (OSError, ValueError) as exc:
-        raise DerainError(f"--render: {exc}") from None
+        raise DerainError(f"--streaks: {exc}") from None
+    try:
+        cfg = RenderConfig(mix=mix, bank=bank)
+    except ValueError as exc:
+        raise DerainError(f"--render-mix: {exc}") from None
     images = [img for folder in render["folders"] for img in load_folder(folder, patch)]
     source = RenderSource(images, cfg, float(render.get("ratio", 1.0)))
     info = {"folders": [str(f) for f in render["folders"]], "count": len(images), "ratio": source.ratio,
