@@ -378,10 +378,36 @@ def test_cli_models_table_survives_a_broken_model(env, published, hub_server, mo
     code, out, err = run_cli(monkeypatch, capsys, "models")
     assert code == 0, err
     row = next(line for line in out.splitlines() if "dualstage" in line)
-    assert "1.00 M" in row and "cached" in row and "12.50 dB / 0.2500" in row and "tiny stand-in" in row
-    assert "jrgr exploded on import" in out
+    assert "1.00 M" in row and "12.50/0.250" in row
+    assert "dualstage: a tiny stand-in" in out
+    assert "jrgr: cannot import: ImportError: jrgr exploded on import" in out
     jrgr = next(line for line in out.splitlines() if "jrgr" in line)
-    assert "missing" in jrgr
+    assert "none" in jrgr
+
+
+def test_cli_tables_fit_80_columns_and_json_has_every_field(env, monkeypatch, capsys):
+    import json
+
+    for i, tag in enumerate(("general", "rain100l")):
+        data = make_weights(env / "bundled" / f"dualstage.{tag}.safetensors", seed=i)
+        (env / "weights.toml").write_text((env / "weights.toml").read_text() + entry_toml(f"dualstage.{tag}", data)
+                                          .replace(f'[dualstage.{tag}]', f'["dualstage.{tag}"]')
+                                          .replace(f'[dualstage.{tag}.metrics', f'["dualstage.{tag}".metrics'))
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (("models",), ("weights", "list")):
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 0, err
+        assert max(len(line) for line in out.splitlines()) <= 80, out
+        assert "dualstage.general" in out or "general" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    row = next(line for line in out.splitlines() if line.strip().startswith("dualstage"))
+    assert "general*, rain100l" in row and "12.50/0.250" in row
+    code, out, _ = run_cli(monkeypatch, capsys, "weights", "list", "--json")
+    listed = {e["name"]: e for e in json.loads(out)}
+    assert set(listed) == {"dualstage.general", "dualstage.rain100l"}
+    assert len(listed["dualstage.general"]["sha256"]) == 64 and listed["dualstage.general"]["status"] == "bundled"
+    code, out, _ = run_cli(monkeypatch, capsys, "models", "--json")
+    assert json.loads(out)["models"][0]["tags"] == ["general", "rain100l"]
 
 
 def test_cli_models_with_a_broken_registry_still_lists(env, monkeypatch, capsys):

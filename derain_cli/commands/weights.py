@@ -53,33 +53,61 @@ def _human_count(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
-def _model_row(name: str, registry_ok: bool) -> list[str]:
-    """One row of ``derain models``; failures of this model end up in its summary cell."""
+def _model_row(name: str, registry_ok: bool) -> dict[str, Any]:
+    """One model of ``derain models``; failures of this model end up in its summary."""
     from .. import weights
     from ..registry import get_spec
 
+    row: dict[str, Any] = {"name": name, "kind": "?", "parameters": None, "weights": "?", "tags": [],
+                           "default_tag": None, "rain100l": None, "summary": ""}
     try:
         spec = get_spec(name)
     except Exception as exc:
-        spec, kind, params, summary = None, "?", "?", f"[red]cannot import: {_one_line(exc)}[/]"
+        row["summary"] = f"cannot import: {_one_line(exc)}"
+        spec = None
     else:
-        kind, summary = spec.kind, spec.summary
+        row["kind"], row["summary"] = spec.kind, spec.summary
         try:
-            params = _human_count(_parameter_count(spec))
+            row["parameters"] = _parameter_count(spec)
         except Exception as exc:
-            params = "?"
-            summary += f" [red](cannot build: {_one_line(exc)})[/]"
-    status, metric = "?", "-"
+            row["summary"] += f" (cannot build: {_one_line(exc)})"
     if registry_ok:
-        entry_name = (getattr(spec, "weights_entry", None) if spec else None) or name
-        entry = weights.find_entry(entry_name)
-        status = _status_cell(weights.weights_status(entry_name))
-        metric = (entry.metric_text("rain100l") if entry else "") or "-"
-    return [name, kind, params, status, metric, summary]
+        entries = weights.tagged_entries(name)
+        row["tags"] = [e.tag or e.name for e in entries]
+        row["tag_status"] = {e.tag or e.name: weights.weights_status(e.name) for e in entries}
+        default = weights.find_entry(name)
+        if default is not None:
+            row["default_tag"] = default.tag or default.name
+            row["weights"] = weights.weights_status(default.name)
+            row["rain100l"] = default.metrics.get("rain100l")
+        else:
+            row["weights"] = "missing"
+    return row
 
 
-def models() -> None:
-    """List the registered architectures, their size, weights and recorded Rain100L score."""
+def _tags_cell(row: dict[str, Any]) -> str:
+    """``general*, rain100l``: * marks the default; a tag without a local file says so."""
+    cells = []
+    for t in row["tags"]:
+        status = row.get("tag_status", {}).get(t, "bundled")
+        cells.append(t + ("*" if t == row["default_tag"] and len(row["tags"]) > 1 else "")
+                     + ("" if status in ("bundled", "cached") else f" ({_status_cell(status)})"))
+    return ", ".join(cells) or "[yellow]none[/]"
+
+
+def _score_cell(metric: dict | None) -> str:
+    if not metric or "psnr" not in metric:
+        return "-"
+    return f"{float(metric['psnr']):.2f}" + (f"/{float(metric['ssim']):.3f}" if "ssim" in metric else "")
+
+
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON (for scripts)."),
+) -> None:
+    """List the architectures: size, weights tags (* = the default), and the default tag's Rain100L PSNR/SSIM."""
+    import json
+
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -93,47 +121,57 @@ def models() -> None:
     except WeightsError as exc:
         console.print(f"[red]warning: {exc}[/]", markup=True, highlight=False)
         registry_ok = False
-    table = Table(title="derain models", title_justify="left")
-    for col, kw in (
-        ("name", {"style": "bold", "no_wrap": True}),
-        ("kind", {"no_wrap": True}),
-        ("parameters", {"justify": "right", "no_wrap": True}),
-        ("weights", {"no_wrap": True}),
-        ("Rain100L", {"justify": "right", "no_wrap": True}),
-        ("summary", {"overflow": "fold", "ratio": 1}),
-    ):
-        table.add_column(col, **kw)
-    for name in MODEL_NAMES:
-        row = _model_row(name, registry_ok)
-        if name == DEFAULT_MODEL:
-            row[0] += " (default)"
-        table.add_row(*row)
+    rows = [_model_row(name, registry_ok) for name in MODEL_NAMES]
+    if as_json:
+        print(json.dumps({"default": DEFAULT_MODEL, "models": rows}, indent=1))
+        return
+    table = Table(title="derain models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("name", "kind", "params", "weights tags", "Rain100L"):
+        table.add_column(col, justify="right" if col in ("params", "Rain100L") else "left",
+                         no_wrap=col != "weights tags", overflow="fold")
+    for row in rows:
+        params = _human_count(row["parameters"]) if row["parameters"] is not None else "?"
+        table.add_row(row["name"] + (" (default)" if row["name"] == DEFAULT_MODEL else ""), row["kind"], params,
+                      _tags_cell(row), _score_cell(row["rain100l"]))
     console.print(table)
+    console.print("* the tag a bare --model NAME uses; others: --model NAME.TAG", highlight=False)
+    for row in rows:
+        console.print(f"[bold]{row['name']}[/]: {row['summary']}", highlight=False)
 
 
 @weights_app.command("list")
-def list_weights() -> None:
-    """Every entry of weights.toml: file, size, sha256, where it is, and where it comes from."""
+def list_weights(
+    as_json: bool = typer.Option(False, "--json", help="Print every field (sha256, data, recipe) as JSON."),
+) -> None:
+    """Every entry of weights.toml: size, where it is, where it comes from, its Rain100L figure."""
+    import dataclasses
+    import json
+
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from .. import weights
 
     entries = weights.load_registry()
+    if as_json:
+        print(json.dumps([{**dataclasses.asdict(e), "status": weights.weights_status(n)} for n, e in entries.items()],
+                         indent=1))
+        return
     console = Console()
     if not entries:
         console.print(f"{weights.toml_path()} lists no weights yet.")
         return
-    table = Table(title=f"weights ({weights.toml_path()})", title_justify="left")
-    for col in ("entry", "model", "file", "size", "sha256", "status", "hub", "Rain100L", "trained on"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"weights ({weights.toml_path().name})", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("entry", "size", "status", "hub", "Rain100L"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("size", "Rain100L") else "left")
     for name, e in entries.items():
-        hub = f"{e.repo_id}@{e.revision[:10]}" if e.published else "not published"
-        table.add_row(
-            name, e.model, e.file, f"{e.size / 1e6:.2f} MB", e.sha256[:12],
-            _status_cell(weights.weights_status(name)), hub, e.metric_text("rain100l") or "-", e.trained_on,
-        )
+        hub = f"{e.repo_id}@{e.revision[:7]}" if e.published else "not published"
+        table.add_row(name + (" *" if e.default else ""), f"{e.size / 1e6:.2f} MB",
+                      _status_cell(weights.weights_status(name)), hub, e.metric_text("rain100l") or "-")
     console.print(table)
+    console.print("* its model's default; sha256, data and recipe: derain weights list --json", highlight=False)
 
 
 @weights_app.command("pull")
