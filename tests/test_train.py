@@ -417,3 +417,49 @@ def test_render_options_fail_with_one_clear_line(tiny_pairs, monkeypatch, capsys
         *args)
     _assert_clean_error(code, err, *needles)
     assert not (tiny_pairs / "cli_run" / "log.jsonl").exists()
+
+
+# -- 7. --resume RUN_DIR alone ---------------------------------------------------------------
+
+def test_resume_alone_takes_everything_from_the_run_folder(tiny_pairs, monkeypatch, capsys):
+    run = tiny_pairs / "cli_run"
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--paired", tiny_pairs / "rainy", tiny_pairs / "clean",
+                              "--render", tiny_pairs / "clean", "--render-ratio", "0.5", "--ema", "0.9")
+    assert code == 0, err
+    code, out, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "4", "-q")
+    assert code == 0, err
+    extra = json.loads((run / "last" / "state.json").read_text())["extra"]
+    assert extra["step"] == 4 and extra["options"]["ema"] == 0.9 and extra["options"]["patch"] == 32
+    assert extra["options"]["render"]["ratio"] == 0.5 and extra["mode"] == "paired"
+    assert "done at step 4" in out
+
+
+@pytest.mark.parametrize("extra_args, needles", [
+    (("--patch", "48"), ("--patch", "contradicts", "32")),
+    (("--set", "channels=8"), ("--set", "cannot change a run being resumed")),
+    (("--preset", "cpu"), ("--preset", "cannot change")),
+    (("--model", "dualstage"), ("--model", "contradicts")),
+    (("--paired", "CLEAN", "RAINY"), ("--paired", "contradicts")),
+])
+def test_resume_refuses_options_that_contradict_the_run(tiny_pairs, monkeypatch, capsys, extra_args, needles):
+    run = tiny_pairs / "cli_run"
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--paired", tiny_pairs / "rainy", tiny_pairs / "clean")
+    assert code == 0, err
+    paths = {"CLEAN": tiny_pairs / "clean", "RAINY": tiny_pairs / "rainy"}
+    args = [str(paths.get(a, a)) for a in extra_args]
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, *args, "-q")
+    _assert_clean_error(code, err, *needles)
+    assert json.loads((run / "last" / "state.json").read_text())["extra"]["step"] == 2
+
+
+def test_resume_alone_from_a_folder_without_options_says_what_to_do(tiny_pairs, monkeypatch, capsys):
+    run = tiny_pairs / "cli_run"
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--paired", tiny_pairs / "rainy", tiny_pairs / "clean")
+    state = run / "last" / "state.json"
+    record = json.loads(state.read_text())
+    del record["extra"]["options"]
+    state.write_text(json.dumps(record))
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run)
+    _assert_clean_error(code, err, "did not record its options", "data options again")
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", tiny_pairs / "nothing_here")
+    _assert_clean_error(code, err, "nothing to resume")

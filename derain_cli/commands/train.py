@@ -26,6 +26,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def train_command(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Architecture to train (see `derain models`); default: jrgr for paired/semi data, dcdgan for unpaired."
     ),
@@ -61,7 +62,18 @@ def train_command(
     stage: Optional[int] = typer.Option(None, "--stage", help="Training stage, for recipes that have stages (jrgr)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a model on paired, unpaired or semi-supervised data (resumable; torchrun-ready)."""
+    """Train a model on paired, unpaired or semi-supervised data (resumable; torchrun-ready).
+
+    `derain train --resume RUN_DIR` alone continues a run with the options its folder recorded.
+    """
+    from ..train.resume import DATA_FLAGS, check_against_run, resumed_options, run_state
+
+    # by name: typer vendors its own click, so its ParameterSource is not click's
+    explicit = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    command = "derain " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if resume is not None and not explicit & (set(DATA_FLAGS) | {"render"}):
+        opts = resumed_options(ctx.params, explicit, resume, command)
+        return _train_and_report(opts)
     chosen = [(m, v) for m, v in (("paired", paired), ("unpaired", unpaired), ("semi", semi)) if v]
     if not chosen and render:
         chosen = [("paired", ())]
@@ -73,12 +85,18 @@ def train_command(
     mode, folders = chosen[0]
     from ..registry import DEFAULT_TRAIN_MODELS, get_spec
 
+    saved = run_state(resume).get("options") if resume is not None else None
+    if saved is not None:
+        check_against_run(ctx.params, explicit, saved)
+        model = model or saved["model"]
+    elif resume is not None and explicit & {"sets", "preset"}:
+        check_against_run(ctx.params, explicit & {"sets", "preset"}, {})
     if model is None:
         model = DEFAULT_TRAIN_MODELS[mode]
         typer.echo(f"derain: training {model}, the default for --{mode} data (choose another with --model)", err=True)
 
     get_spec(model)  # unknown model -> clear error before importing the engine
-    from ..train.engine import TrainOptions, train
+    from ..train.engine import TrainOptions
 
     options = {"stage": stage} if stage is not None else {}
     render_opts = None
@@ -98,9 +116,14 @@ def train_command(
         val_sets=[str(v) for v in val_sets], render=render_opts,
         val_every=val_every, save_every=save_every, resume=resume, init=init, export=export,
         threads=threads, bf16=bf16, channels_last=channels_last, device=device,
-        recipe_options=options, progress=not quiet,
-        command="derain " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        recipe_options=options, progress=not quiet, command=command,
     )
+    _train_and_report(opts)
+
+
+def _train_and_report(opts) -> None:
+    from ..train.engine import train
+
     result = train(opts)
     best = f", best val PSNR-Y {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""
     typer.echo(f"{result.stopped} at step {result.step}{best}; weights: {result.export}")

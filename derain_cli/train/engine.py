@@ -132,6 +132,24 @@ def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.
     return float(np.mean(scores))
 
 
+#: TrainOptions fields a run folder keeps, so that ``derain train --resume RUN_DIR`` needs nothing else.
+SAVED_FIELDS = ("model", "mode", "folders", "preset", "overrides", "patch", "batch", "steps", "epochs", "max_minutes",
+                "lr", "ema", "seed", "val", "val_sets", "val_every", "save_every", "log_every", "export", "threads",
+                "bf16", "channels_last", "device", "recipe_options", "render")
+
+
+def saved_options(opts: TrainOptions) -> dict[str, Any]:
+    """The run's options as JSON values (paths as strings, tuples as lists)."""
+    def plain(v):
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return {name: plain(getattr(opts, name)) for name in SAVED_FIELDS}
+
+
 def load_val_sets(val: tuple[str, str] | None, folders: list[str]) -> dict[str, tuple[list, list]]:
     """Validation pairs by set name: ``--val RAINY CLEAN`` is ``val``, each ``--val-set DIR`` its folder name."""
     sets: dict[str, tuple[list, list]] = {}
@@ -265,7 +283,7 @@ def train(opts: TrainOptions) -> TrainResult:
             "sampler": sampler.state(), "numpy_rng": list(_jsonable(np.random.get_state())),
             "python_rng": _jsonable(random.getstate()), "total_steps": total, "data": data_info,
             "command": opts.command, "recipe_options": opts.recipe_options, "tasks": tasks_now(),
-            "render": opts.render,
+            "render": opts.render, "options": saved_options(opts),
         }
 
     def checkpoint(name: str = "last", collective: bool = True) -> None:
