@@ -147,6 +147,9 @@ class Derainer:
                 x = x * (hi - lo) + lo
             y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
             y = y[..., :h, :w].float()
+            if not bool(torch.isfinite(y).all()):  # clamping would hide it: Inf -> white, NaN -> 0 in uint8
+                raise DerainError(f"{self.spec.name} returned NaN/Inf pixels (corrupt weights, or --half "
+                                  "overflowing); nothing was written")
             if (lo, hi) != (0.0, 1.0):
                 y = (y - lo) / (hi - lo)
             return y.clamp_(0.0, 1.0)

@@ -132,4 +132,27 @@ def load_weights(
         state = load_file(str(path))
     except Exception as exc:
         raise WeightsError(f"{path}: cannot read tensors ({exc})") from None
+    check_finite(state, path)
     return state, meta
+
+
+def check_finite(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse NaN/Inf in any floating tensor: one corrupt value would turn every output pixel to NaN.
+
+    A value check only sees what a damaged byte turns into NaN or Inf; the sha256
+    in weights.toml is what catches every changed byte of a registered file.
+    """
+    import torch
+
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+        if bad:
+            kinds = "NaN" if torch.isnan(tensor).any() else "Inf"
+            if kinds == "NaN" and torch.isinf(tensor).any():
+                kinds = "NaN and Inf"
+            raise WeightsError(
+                f"{path}: tensor {name!r} has {bad} non-finite value{'s' if bad > 1 else ''} ({kinds}); "
+                "the file is corrupt: download or export it again"
+            )

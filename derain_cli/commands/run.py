@@ -47,9 +47,26 @@ def ensemble_views(ensemble: bool, flips: Optional[int]) -> int:
     return 4 if ensemble else (1 if flips is None else flips)
 
 
+def model_for(model: Optional[str], weights: Optional[Path]) -> Optional[str]:
+    """The architecture to build: ``--model``, else the one a ``--weights`` file names in its metadata.
+
+    Without this, ``--weights semimsn.safetensors`` alone would be refused as "not dualstage"
+    although the file says what it is. An explicit ``--model`` is still checked against the file.
+    """
+    if model is not None or weights is None:
+        return model
+    from ..weightfile import read_metadata
+
+    if not Path(weights).is_file() or Path(weights).suffix != ".safetensors":
+        return None  # load_model says what is wrong with the file
+    architecture = read_metadata(weights).get("architecture")
+    return architecture if isinstance(architecture, str) and architecture else None
+
+
 def _load(model, weights, variant, device, half, threads, verbose, ensemble=1):
     from ..api import load_model
 
+    model = model_for(model, weights)
     derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half,
                           ensemble=ensemble)
     if verbose:
