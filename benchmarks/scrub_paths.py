@@ -1,0 +1,49 @@
+"""Rewrite a weights file's metadata so it names data locations as ``$DERAIN_DATA/...``, not this machine's.
+
+A run's metadata records the folders and the command it was trained with, as given: absolute
+paths of the machine that trained it. Shipped files must not carry them. Tensors are copied
+unchanged (same dtypes and values); only metadata strings change. Usage:
+
+    python benchmarks/scrub_paths.py IN.safetensors OUT.safetensors --root "$DERAIN_DATA"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def scrub(metadata: dict[str, str], roots: dict[str, str]) -> dict[str, str]:
+    """Every ``root`` prefix in every metadata value replaced by its label."""
+    out = {}
+    for key, value in metadata.items():
+        for root, label in roots.items():
+            value = value.replace(root.rstrip("/") + "/", label + "/")
+        out[key] = value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--root", required=True, help="the absolute data folder to call $DERAIN_DATA")
+    args = parser.parse_args()
+
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from derain_cli.weightfile import atomic_write_bytes
+
+    with safe_open(str(args.src), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata() or {}
+    roots = {os.path.realpath(args.root): "$DERAIN_DATA", os.path.abspath(args.root): "$DERAIN_DATA"}
+    clean = scrub(metadata, roots)
+    atomic_write_bytes(args.dst, save(tensors, metadata=clean))
+    left = [k for k, v in clean.items() if any(root in v for root in roots)]
+    print(f"wrote {args.dst}; metadata keys still naming the data folder: {left or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
