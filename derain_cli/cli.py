@@ -9,6 +9,7 @@ running exit 1 (a :class:`DerainError` keeps its own ``exit_code``).
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -195,10 +196,27 @@ def _usage_error(exc, argv: list[str]) -> int:
     return 2
 
 
-# -- entry point ----------------------------------------------------------------------
+# -- warnings ---------------------------------------------------------------------------
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Any warning, ours or a library's, as one ``derain: warning: ...`` line; never a source location.
+
+    numpy's arithmetic notes ("invalid value encountered in divide") say nothing a user can act
+    on and are dropped (``--debug`` keeps them): a NaN that matters is caught as an error.
+    """
+    text = " ".join(str(message).split()) or category.__name__
+    if issubclass(category, RuntimeWarning) and " encountered in " in text and not state["debug"]:
+        return
+    print(f"derain: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
-    argv = sys.argv[1:]
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        _main(sys.argv[1:])
+
+
+def _main(argv: list[str]) -> None:
     try:
         # with standalone_mode=False click *returns* the code of `raise typer.Exit(n)`;
         # typer turns Ctrl-C into Exit(130)

@@ -1,7 +1,8 @@
 """Choosing where inference runs (``--device``, ``--half``, ``--threads``) and how much memory it has.
 
 ``auto`` prefers CUDA and says so, in one line, when it has to fall back to the
-CPU: a user who expected the GPU must not find out from the run time.
+CPU with a CUDA build of torch: a user who expected the GPU must not find out from
+the run time. A CPU-only torch says nothing (``-v`` tells).
 """
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def say(message: str) -> None:
     """Default notifier: one line on stderr, never mixed into stdout results."""
     print(f"derain: {message}", file=sys.stderr, flush=True)
+
+
+def cuda_built() -> bool:
+    """True if this torch was built with CUDA (a ``+cpu`` wheel was not: it never had a GPU to miss)."""
+    try:
+        return bool(torch.backends.cuda.is_built())
+    except Exception:  # very old or unusual builds
+        return getattr(torch.version, "cuda", None) is not None
 
 
 def _cuda_ready(device: torch.device) -> str | None:
@@ -46,7 +55,8 @@ def resolve_device(name: str = "auto", notify: Notify = say) -> torch.device:
         problem = _cuda_ready(torch.device("cuda"))
         if problem is None:
             return torch.device("cuda")
-        notify(f"{problem}; running on the CPU")
+        if cuda_built():  # a CUDA build without a working GPU is a surprise worth a line; a CPU build is not
+            notify(f"{problem}; running on the CPU")
         return torch.device("cpu")
     if name == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

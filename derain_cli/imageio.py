@@ -5,23 +5,40 @@ work, 8- and 16-bit, alpha); metadata (EXIF, ICC profile) goes through Pillow,
 which only parses headers here. The image is handed to the model upright (EXIF
 orientation applied) and written back upright with orientation reset to 1, in
 the input's format and bit depth, atomically, never over an input.
+
+HEIC/HEIF goes through Pillow with the optional pillow-heif plugin (``pip install
+'derain-cli[heif]'``); GIF is read (first frame) but never written. What the
+decoders say (libjpeg's "Corrupt JPEG data", Pillow's "Corrupt EXIF data") comes
+back as one :class:`DerainWarning` per file instead of raw lines on stderr.
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
+import tempfile
+import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import DerainWarning, ImageError
 from .weightfile import atomic_write_bytes
 
-#: Suffixes ``derain run``/``batch`` accept, lower case.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+#: Suffixes read and written without plugins, lower case.
+NATIVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+#: HEIC/HEIF photos (phones): read and written through pillow-heif when it is installed.
+HEIF_SUFFIXES = (".heic", ".heif")
+#: Suffixes ``derain run``/``batch`` write (and read): HEIF only with the plugin.
+IMAGE_SUFFIXES = NATIVE_SUFFIXES + HEIF_SUFFIXES
+#: Everything ``derain run``/``batch`` can read (GIF: the first frame, written back as PNG).
+READ_SUFFIXES = IMAGE_SUFFIXES + (".gif",)
+HEIF_INSTALL = "install it with: pip install 'derain-cli[heif]'"
 
 _EXIF_ORIENTATION = 0x0112
 #: Baseline TIFF tags that describe pixel storage, not the photo: never copied into EXIF.
@@ -66,21 +83,132 @@ def _cv2():
     return cv2
 
 
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a regular file we may open (a FIFO would block the read forever), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing: the caller says "no such file"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"{kind}, not a regular file"
+
+
 def _read_bytes(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{path}: no such file")
     if p.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
+    problem = not_regular(p)
+    if problem:
+        raise ImageError(f"{path}: {problem}")
     try:
         return np.fromfile(str(p), dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+@contextmanager
+def native_messages(path: str | os.PathLike) -> Iterator[None]:
+    """Catch what C libraries (libjpeg, libpng, libtiff via OpenCV) print on fd 2; re-issue it as one warning.
+
+    Lines with terminal escapes (a progress bar redrawn meanwhile) go back to stderr untouched.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (e.g. a GUI launcher): nothing to capture
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+        _reissue(path, text)
+
+
+def _reissue(path: str | os.PathLike, text: str) -> None:
+    """Turn captured decoder output into one DerainWarning; keep a progress bar's redraws on stderr."""
+    lines, redraws = [], []
+    for line in text.splitlines():
+        (redraws if ("\x1b" in line or "\r" in line) else lines).append(line.strip())
+    if redraws:
+        os.write(2, ("\n".join(redraws) + "\n").encode())
+    lines = [ln for ln in lines if ln]
+    if lines:
+        more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+        warnings.warn(f"{path}: {lines[0]}{more}", DerainWarning, stacklevel=3)
+
+
+def _opencv_problem(exc: Exception) -> str:
+    """``(-215:Assertion failed) pixels <= CV_IO_MAX_IMAGE_PIXELS ...`` from OpenCV's multi-line message."""
+    text = str(exc)
+    start = text.find("error: (")
+    text = text[start + len("error: "):] if start >= 0 else text
+    return " ".join(text.split())
+
+
+def _heif_plugin() -> None:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow, once; a clear install line without it."""
+    global _HEIF_READY
+    if _HEIF_READY:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError(f"HEIC/HEIF needs the pillow-heif plugin; {HEIF_INSTALL}") from None
+    pillow_heif.register_heif_opener()
+    _HEIF_READY = True
+
+
+_HEIF_READY = False
+
+
+def _decode_pillow(data: np.ndarray, path: str | os.PathLike) -> np.ndarray | None:
+    """Decode the first frame with Pillow, in OpenCV's layout (gray, BGR or BGRA); None if Pillow cannot."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            im.seek(0)
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im.convert("I;16"), dtype=np.uint16)
+            if im.mode not in ("L", "RGB", "RGBA"):
+                im = im.convert("RGBA" if ("A" in im.mode or "transparency" in im.info) else "RGB")
+            arr = np.asarray(im)
+    except Exception:  # Pillow raises many types for files it cannot decode
+        return None
+    if arr.ndim == 2:
+        return arr
+    return np.ascontiguousarray(arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1])
+
+
 def _decode(data: np.ndarray, path: str | os.PathLike, flags: int) -> np.ndarray:
     cv2 = _cv2()
-    img = cv2.imdecode(data, flags) if data.size else None
+    suffix = Path(path).suffix.lower()
+    if suffix in HEIF_SUFFIXES:
+        _heif_plugin()
+        img = _decode_pillow(data, path) if data.size else None
+    else:
+        try:
+            with native_messages(path):
+                img = cv2.imdecode(data, flags) if data.size else None
+        except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV allows
+            raise ImageError(f"{path}: OpenCV cannot decode it: {_opencv_problem(exc)}") from None
+        if img is None and suffix == ".gif":  # OpenCV builds before 4.11 have no GIF decoder
+            img = _decode_pillow(data, path)
+        if img is not None and flags == cv2.IMREAD_COLOR and img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif img is not None and flags == cv2.IMREAD_COLOR and img.shape[2] == 4:
+            img = img[:, :, :3]
     if img is None:
         raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
     head = data[:2].tobytes()
@@ -97,24 +225,96 @@ def read_rgb8(path: str | os.PathLike) -> np.ndarray:
     return img[:, :, ::-1].copy()
 
 
-def _metadata(data: np.ndarray) -> tuple[int, bytes | None, bytes | None, str | None]:
-    """``(orientation, exif_bytes, icc_bytes, pillow_mode)`` from the file header (Pillow, lazy)."""
+@contextmanager
+def _pillow_headers() -> Iterator[None]:
+    """Pillow without its decompression-bomb limit: only headers are parsed here, and
+    :func:`derain_cli.preflight.check_memory` decides from the size whether pixels may be decoded."""
     from PIL import Image
 
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # headers only: no bomb to fear
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as im:
-            icc = im.info.get("icc_profile") or None
-            exif = im.getexif()
-            orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
-            for tag in [t for t in exif if t in _TIFF_STRUCTURE_TAGS]:
-                del exif[tag]
-            exif_bytes = exif.tobytes() if len(exif) or exif.get_ifd(0x8769) else None
-            return orientation, exif_bytes, icc, im.mode
-    except Exception:  # Pillow cannot parse every file OpenCV decodes; metadata is best effort
-        return 1, None, None, None
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def _pillow_warnings(path: str | os.PathLike, caught: list) -> None:
+    """Re-issue what Pillow warned while parsing (``Corrupt EXIF data``) as one line naming the file."""
+    messages = list(dict.fromkeys(str(w.message).splitlines()[0] for w in caught if str(w.message).strip()))
+    if messages:
+        warnings.warn(f"{path}: {'; '.join(messages)} (metadata kept as far as it could be read)",
+                      DerainWarning, stacklevel=3)
+
+
+def _metadata(data: np.ndarray, path: str | os.PathLike = "image") -> tuple[int, bytes | None, bytes | None, str | None, int]:
+    """``(orientation, exif_bytes, icc_bytes, pillow_mode, frames)`` from the file header (Pillow, lazy)."""
+    from PIL import Image
+
+    with warnings.catch_warnings(record=True) as caught, _pillow_headers():
+        warnings.simplefilter("always")
+        try:
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                icc = im.info.get("icc_profile") or None
+                exif = im.getexif()
+                orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+                for tag in [t for t in exif if t in _TIFF_STRUCTURE_TAGS]:
+                    del exif[tag]
+                exif_bytes = exif.tobytes() if len(exif) or exif.get_ifd(0x8769) else None
+                frames = int(getattr(im, "n_frames", 1) or 1) if getattr(im, "is_animated", False) else 1
+                result = orientation, exif_bytes, icc, im.mode, frames
+        except Exception:  # Pillow cannot parse every file OpenCV decodes; metadata is best effort
+            result = 1, None, None, None, 1
+    _pillow_warnings(path, caught)
+    return result
+
+
+class Header(NamedTuple):
+    """What a file's header says, read without decoding pixels."""
+
+    width: int
+    height: int
+    bits: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(path: str | os.PathLike) -> Header | None:
+    """Size and bits per sample from the header alone (Pillow reads a few bytes); None if Pillow cannot parse it.
+
+    A PNG that declares 100000 x 100000 pixels is seen for what it is before anything is allocated.
+    """
+    from PIL import Image
+
+    p = Path(path)
+    if p.suffix.lower() in HEIF_SUFFIXES:
+        _heif_plugin()
+    problem = not_regular(p)
+    if problem:
+        raise ImageError(f"{path}: {problem}")
+    with warnings.catch_warnings(), _pillow_headers():
+        warnings.simplefilter("ignore")  # read_image reports what the header holds, once
+        try:
+            with open(p, "rb") as f:
+                head = f.read(32)
+            with Image.open(p) as im:
+                width, height = im.size
+                return Header(int(width), int(height), _bits(im, head))
+        except Exception:  # not an image Pillow knows: OpenCV's decoder will judge it
+            return None
+
+
+def _bits(im, head: bytes) -> int:
+    """Bits per sample: 16 for 16-bit PNG/TIFF (Pillow opens a 48-bit PNG in an 8-bit mode), else 8."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) > 24:
+        return 16 if head[24] == 16 else 8  # IHDR's bit depth
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        return 16
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        return 16 if max(bits if isinstance(bits, tuple) else (bits,)) > 8 else 8
+    return 8
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -143,7 +343,9 @@ def read_image(path: str | os.PathLike) -> Photo:
     img = _decode(data, path, cv2.IMREAD_UNCHANGED)
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path}: {img.dtype} samples are not supported (use 8- or 16-bit images)")
-    orientation, exif, icc, mode = _metadata(data)
+    orientation, exif, icc, mode, frames = _metadata(data, path)
+    if frames > 1:
+        warnings.warn(f"{path}: {frames} frames; derained the first frame only", DerainWarning, stacklevel=2)
 
     alpha = None
     if img.ndim == 2:
@@ -245,14 +447,17 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
     """
     cv2 = _cv2()
     suffix = suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ImageError(f"cannot write {suffix or 'files without a suffix'}: use one of {', '.join(IMAGE_SUFFIXES)}")
+    problem = write_problem(suffix)
+    if problem:
+        raise ImageError(problem)
     if not 1 <= quality <= 100:
         raise ImageError(f"quality must be between 1 and 100, not {quality}")
     exif = _exif_upright(photo.exif)
     icc = _matching_icc(photo.icc, photo.gray)
     keep_alpha = suffix not in (".jpg", ".jpeg")
     sixteen = photo.bit_depth == 16 and suffix in (".png", ".tif", ".tiff")
+    if suffix in HEIF_SUFFIXES:
+        sixteen = False
     if not sixteen and photo.bit_depth == 16:
         photo = replace(photo, rgb=to_uint8(photo.rgb), alpha=None if photo.alpha is None else to_uint8(photo.alpha))
     planes = _planes(photo, keep_alpha)
@@ -280,6 +485,8 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
             im.save(out, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **kw)
         elif suffix == ".webp":
             im.save(out, "WEBP", quality=quality, **kw)
+        elif suffix in HEIF_SUFFIXES:
+            im.save(out, "HEIF", quality=quality, **kw)
         else:  # 8-bit TIFF
             im.save(out, "TIFF", compression="tiff_lzw", **kw)
     except (OSError, ValueError) as exc:  # e.g. WebP is limited to 16383 pixels a side
@@ -287,11 +494,31 @@ def encode_image(photo: Photo, suffix: str, quality: int = 95) -> bytes:
     return out.getvalue()
 
 
+def write_problem(suffix: str) -> str | None:
+    """Why files ending in ``suffix`` cannot be written (checked before any inference), else None."""
+    suffix = suffix.lower()
+    if suffix in NATIVE_SUFFIXES:
+        return None
+    if suffix in HEIF_SUFFIXES:
+        try:
+            _heif_plugin()
+        except ImageError as exc:
+            return str(exc)
+        return None
+    what = f"{suffix} files" if suffix else "files without a suffix"
+    return f"derain cannot write {what}; use one of {', '.join(NATIVE_SUFFIXES)} (or .heic with pillow-heif)"
+
+
+def output_suffix(suffix: str) -> str:
+    """The suffix an output gets by default: the input's, or .png for formats only read (GIF)."""
+    return ".png" if suffix.lower() == ".gif" else suffix
+
+
 def default_output(path: str | os.PathLike, out_dir: str | os.PathLike | None = None, tag: str = "_derained") -> Path:
-    """``<stem>_derained<suffix>`` (or another ``tag``) next to the input, or inside ``out_dir``."""
+    """``<stem>_derained<suffix>`` (or another ``tag``) next to the input, or inside ``out_dir``; GIF -> PNG."""
     p = Path(path)
     folder = Path(out_dir) if out_dir is not None else p.parent
-    return folder / f"{p.stem}{tag}{p.suffix}"
+    return folder / f"{p.stem}{tag}{output_suffix(p.suffix)}"
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -60,10 +60,18 @@ def test_run_default_output_and_verbose(tmp_path, monkeypatch, capsys, tiny):
 
 
 def test_run_auto_device_says_it_fell_back(tmp_path, monkeypatch, capsys, tiny):
+    import torch
+
     src = _png(tmp_path / "a.jpg")
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)  # a CUDA build without a GPU: say so
     code, _, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny)
-    assert code == 0 and "running on the CPU" in err
+    assert code == 0 and "no CUDA GPU found; running on the CPU" in err
     assert (tmp_path / "a_derained.jpg").is_file()
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)  # a CPU-only torch never had a GPU to miss
+    code, _, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny)
+    assert code == 0 and err == ""
+    code, _, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny, "-v")
+    assert code == 0 and "running on the CPU" in err  # -v tells
 
 
 def test_run_out_file_folder_and_compare(tmp_path, monkeypatch, capsys, tiny):
@@ -75,7 +83,7 @@ def test_run_out_file_folder_and_compare(tmp_path, monkeypatch, capsys, tiny):
     compare = read_image(tmp_path / "x" / "clean_compare.png")
     assert compare.rgb.shape == (40, 112, 3)
     np.testing.assert_array_equal(compare.rgb[:, :56], read_image(a).rgb)
-    code, _, err = derain(monkeypatch, capsys, "run", a, b, "-o", tmp_path / "outdir", "--model", "tinytest",
+    code, _, err = derain(monkeypatch, capsys, "run", a, b, "-o", f"{tmp_path / 'outdir'}/", "--model", "tinytest",
                           "--weights", tiny, "--device", "cpu")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "outdir").iterdir()) == ["a_derained.png", "b_derained.png"]
@@ -272,13 +280,13 @@ def test_two_flips_are_the_mean_of_the_photo_and_its_mirror(tmp_path, monkeypatc
     assert torch.allclose(two.process_tensor(x), expected, atol=1e-5)
     src = _png(tmp_path / "lane.png")
     code, out, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny,
-                            "--device", "cpu", "--flips", "2", "-v", "-o", tmp_path / "two")
+                            "--device", "cpu", "--flips", "2", "-v", "-o", f"{tmp_path / 'two'}/")
     assert code == 0, err
     assert "2-flip ensemble" in err
     for bad, message in ((["--flips", "3"], "--flips must be 1, 2 or 4"),
                          (["--flips", "2", "--ensemble"], "--ensemble means --flips 4")):
         code, out, err = derain(monkeypatch, capsys, "run", src, "--model", "tinytest", "--weights", tiny,
-                                "--device", "cpu", "-o", tmp_path / "bad", *bad)
+                                "--device", "cpu", "-o", f"{tmp_path / 'bad'}/", *bad)
         assert code != 0 and message in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()

@@ -7,13 +7,15 @@ the commands only.
 """
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
 import typer
 
-from ..errors import DerainError
+from ..errors import DerainError, one_line
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (default: the best shipped model; see `derain models`).")
 WeightsOpt = typer.Option(None, "--weights", help="Use this .safetensors file instead of the registered weights.")
@@ -32,10 +34,32 @@ FlipsOpt = typer.Option(
     None, "--flips", help="Average over N flip views: 2 = with the left-right mirror (2x slower), 4 = --ensemble."
 )
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say which device, dtype and tile size are used.")
+MaxPixelsOpt = typer.Option(
+    None, "--max-pixels", min=1,
+    help="Refuse images with more pixels than this (default: those whose estimated peak memory does not fit in RAM).",
+)
 
 
 def _err(message: str) -> None:
     typer.echo(f"derain: error: {message}", err=True)
+
+
+def _debug() -> bool:
+    """``derain --debug``: per-file failures show their traceback too."""
+    from ..cli import state
+
+    return bool(state.get("debug"))
+
+
+def _traceback_text(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def _named(path: Path, message: str) -> str:
+    """A failure line that names its file once (our ImageErrors already start with the path)."""
+    return message if message.startswith(str(path)) else f"{path}: {message}"
 
 
 def ensemble_views(ensemble: bool, flips: Optional[int]) -> int:
@@ -72,6 +96,10 @@ def _load(model, weights, variant, device, half, threads, verbose, ensemble=1):
     if verbose:
         import torch
 
+        from ..devices import cuda_built
+
+        if str(device or "auto").lower() == "auto" and derainer.device.type == "cpu" and not cuda_built():
+            typer.echo("derain: no CUDA GPU found (this torch is built without CUDA); running on the CPU", err=True)
         source = derainer.meta.get("weights_source", "?")
         typer.echo(
             f"derain: model {derainer.spec.name} ({derainer.variant}, weights: {source}) on {derainer.device}, "
@@ -88,10 +116,46 @@ def _tile_text(derainer) -> str:
     return f"tile {derainer.last_tile} (overlap {derainer.last_overlap})"
 
 
+def _model_memory(derainer) -> dict:
+    """What the model itself adds to an image's host memory: its activations, capped by the CPU tile budget."""
+    if derainer.device.type != "cpu":
+        return {}
+    from ..tiling import CPU_BUDGET
+
+    return {"model_bytes_per_pixel": derainer.spec.bytes_per_pixel, "model_cap": CPU_BUDGET}
+
+
+def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], **kw) -> None:
+    """Check the image's size against memory (header only), then derain it into ``dst``."""
+    from ..preflight import check_memory
+
+    check_memory(src, compare=kw.get("compare", False), max_pixels=max_pixels, **_model_memory(derainer))
+    derainer.derain_file(src, dst, **kw)
+
+
+def run_targets(images: List[Path], out: Optional[str]) -> list[Path]:
+    """Output files for ``derain run``. ``-o`` is a folder only when it is one or ends in ``/``;
+    otherwise it names the one output file, whose suffix must be a format derain writes."""
+    from ..imageio import default_output, write_problem
+
+    if out is None:
+        return [default_output(img) for img in images]
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return [default_output(img, Path(out)) for img in images]
+    if len(images) > 1:
+        raise DerainError(f"-o {out} names one file but {len(images)} images were given; "
+                          f"to write them into a folder, end it with / (-o {out}/)")
+    problem = write_problem(Path(out).suffix)
+    if problem:
+        raise DerainError(f"-o {out}: {problem} (to name a folder, end it with /)")
+    return [Path(out)]
+
+
 def run(
-    images: List[Path] = typer.Argument(..., help="Photos to derain (JPEG, PNG, TIFF, WebP, BMP)."),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Output file (one input) or folder; default: <stem>_derained<suffix> beside each input."
+    images: List[Path] = typer.Argument(..., help="Photos to derain (JPEG, PNG, TIFF, WebP, BMP, GIF; HEIC with pillow-heif)."),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", metavar="PATH",
+        help="Output file (one input), or folder if it exists or ends in /; default: <stem>_derained<suffix> beside each input.",
     ),
     model: Optional[str] = ModelOpt,
     weights: Optional[Path] = WeightsOpt,
@@ -105,33 +169,35 @@ def run(
     quality: int = QualityOpt,
     ensemble: bool = EnsembleOpt,
     flips: Optional[int] = FlipsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain photos; keeps format, bit depth, alpha, orientation, EXIF and colour profile."""
-    from ..api import resolve_output
-    from ..imageio import IMAGE_SUFFIXES
+    from ..api import compare_path
+    from ..preflight import check_input, check_target
 
     for img in images:
-        if not img.exists():
-            raise DerainError(f"{img}: no such file")
-        if img.is_dir():
-            raise DerainError(f"{img}: is a folder; use `derain batch {img} -o OUTDIR`")
-    if out is not None and len(images) > 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
-        raise DerainError(f"-o {out} names one file but {len(images)} images were given; pass a folder")
-    targets = [resolve_output(img, out) for img in images]
+        check_input(img)
+    targets = run_targets(images, out)
     inputs = {p.resolve() for p in images}
     for t in targets:
         if t.resolve() in inputs:
             raise DerainError(f"{t}: refusing to overwrite an input image; choose another output")
+        check_target(t)  # format, folder and writability, before the model is even loaded
+        if compare and compare_path(t).resolve() in inputs:
+            raise DerainError(f"{compare_path(t)}: refusing to overwrite an input image; choose another output")
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips))
     failed = 0
     for img, target in zip(images, targets):
         start = time.perf_counter()
         try:
-            derainer.derain_file(img, target, quality=quality, tile=tile, tile_overlap=tile_overlap, compare=compare)
-        except DerainError as exc:
-            _err(str(exc))
+            derain_one(derainer, img, target, max_pixels=max_pixels, quality=quality, tile=tile,
+                       tile_overlap=tile_overlap, compare=compare)
+        except Exception as exc:  # one bad photo must not stop the others; Ctrl-C still does
+            if _debug():
+                typer.echo(_traceback_text(exc), err=True)
+            _err(_named(img, one_line(exc)))
             failed += 1
             continue
         line = f"{img} -> {target}"
@@ -143,26 +209,109 @@ def run(
 
 
 # -- batch ----------------------------------------------------------------------
-def find_images(folder: Path, *, recursive: bool, pattern: Optional[str], exclude: Optional[Path] = None) -> list[Path]:
-    """Images under ``folder`` (relative paths, sorted); hidden files and ``exclude`` are skipped."""
-    from ..imageio import IMAGE_SUFFIXES
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
-    walker = folder.rglob("*") if recursive else folder.glob("*")
+
+def _why_not(entry: os.DirEntry, rel: Path, pattern: Optional[str]) -> Optional[str]:
+    """Why a file under the batch folder is not derained (None: it is); "" when ``--glob`` left it out."""
+    from ..imageio import READ_SUFFIXES
+    from ..preflight import stale_temp_target
+
+    if entry.name.startswith("."):
+        if stale_temp_target(entry.name):
+            return "hidden temporary file of an interrupted write"
+        return "hidden file"
+    if pattern and not PurePosixPath(rel.as_posix()).match(pattern):
+        return ""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        return f"{_file_kind(mode)}, not a regular file"
+    if entry.name.lower().endswith(READ_SUFFIXES):
+        return None
+    suffix = Path(entry.name).suffix
+    return f"not an image type derain reads ({suffix or 'no suffix'})"
+
+
+def find_images(
+    folder: Path, *, recursive: bool, pattern: Optional[str], exclude: Optional[Path] = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """``(images, ignored)`` under ``folder``: relative image paths (sorted), and every other file with why.
+
+    Hidden folders are not entered (one row each); files ``--glob`` leaves out are not listed.
+    """
     exclude = exclude.resolve() if exclude is not None else None
-    found = []
-    for p in walker:
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+    found: list[Path] = []
+    ignored: list[tuple[str, str]] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        with os.scandir(current) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                path = Path(entry.path)
+                rel = path.relative_to(folder)
+                if exclude is not None and (path.resolve() == exclude or exclude in path.resolve().parents):
+                    continue
+                if entry.is_dir():
+                    if not recursive:
+                        continue
+                    if entry.name.startswith("."):
+                        ignored.append((f"{rel.as_posix()}/", "hidden folder (not entered)"))
+                    elif entry.is_symlink():
+                        ignored.append((f"{rel.as_posix()}/", "link to a folder (not followed)"))
+                    else:
+                        stack.append(path)
+                    continue
+                reason = _why_not(entry, rel, pattern)
+                if reason is None:
+                    found.append(rel)
+                elif reason:
+                    ignored.append((rel.as_posix(), reason))
+    return sorted(found), sorted(ignored)
+
+
+#: Rows of the ignored-files list shown before the rest are summed up by reason.
+IGNORED_SHOWN = 20
+
+
+def _report_ignored(ignored: list[tuple[str, str]]) -> None:
+    """Every file the batch leaves alone, with why (a long list ends with counts per reason)."""
+    if not ignored:
+        return
+    typer.echo(f"derain: ignoring {len(ignored)} file{'s' if len(ignored) > 1 else ''}:", err=True)
+    for rel, reason in ignored[:IGNORED_SHOWN]:
+        typer.echo(f"  {rel}: {reason}", err=True)
+    rest = ignored[IGNORED_SHOWN:]
+    if rest:
+        counts: dict[str, int] = {}
+        for _, reason in rest:
+            counts[reason] = counts.get(reason, 0) + 1
+        summary = "; ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        typer.echo(f"  ... and {len(rest)} more ({summary})", err=True)
+
+
+def batch_targets(out: Path, files: list[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """``(input, output)`` pairs with the same relative names (GIF -> PNG), and inputs whose output another takes."""
+    from ..imageio import output_suffix
+
+    pairs, clashes, taken = [], [], {}
+    for rel in files:
+        dst = out / rel.with_suffix(output_suffix(rel.suffix))
+        if dst in taken:
+            clashes.append((str(rel), f"its output {dst.name} is already {taken[dst]}'s; rename one of them"))
             continue
-        if exclude is not None and (p.resolve() == exclude or exclude in p.resolve().parents):
-            continue
-        if pattern:
-            if not PurePosixPath(rel.as_posix()).match(pattern):
-                continue
-        elif p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        found.append(rel)
-    return sorted(found)
+        taken[dst] = str(rel)
+        pairs.append((rel, dst))
+    return pairs, clashes
 
 
 def _progress():
@@ -217,10 +366,12 @@ def batch(
     quality: int = QualityOpt,
     ensemble: bool = EnsembleOpt,
     flips: Optional[int] = FlipsOpt,
+    max_pixels: Optional[int] = MaxPixelsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain a folder into OUTDIR with the same names; re-running resumes, failures are listed at the end."""
-    from ..imageio import IMAGE_SUFFIXES
+    from ..api import compare_path
+    from ..preflight import check_folder, remove_stale_temps
 
     if not folder.is_dir():
         raise DerainError(f"{folder}: not a folder")
@@ -228,53 +379,65 @@ def batch(
         raise DerainError(f"-o {out}: exists and is not a folder")
     if out.resolve() == folder.resolve():
         raise DerainError("the output folder must differ from the input folder (inputs are never overwritten)")
-    files = find_images(folder, recursive=recursive, pattern=pattern, exclude=out)
-    if not files:
+    check_folder(out)
+    files, ignored = find_images(folder, recursive=recursive, pattern=pattern, exclude=out)
+    pairs, clashes = batch_targets(out, files)
+    _report_ignored(ignored)
+    if not pairs:
         raise DerainError(f"{folder}: no images found" + (f" matching {pattern!r}" if pattern else ""))
-    todo = [rel for rel in files if overwrite or not (out / rel).exists()]
-    skipped = len(files) - len(todo)
+    removed = remove_stale_temps([p for _, dst in pairs for p in (dst, compare_path(dst))])
+    if removed:
+        typer.echo(f"derain: removed {removed} temporary file{'s' if removed > 1 else ''} an interrupted run "
+                   f"left in {out}", err=True)
+    todo = [(rel, dst) for rel, dst in pairs if overwrite or not dst.exists()]
+    skipped = len(pairs) - len(todo)
     if skipped:
-        typer.echo(f"derain: {skipped} of {len(files)} already done in {out}; skipping them", err=True)
-    if not todo:
+        typer.echo(f"derain: {skipped} of {len(pairs)} already done in {out}; skipping them", err=True)
+    if not todo and not clashes:
+        _summary(0, skipped, ignored, [], out)
         return
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips))
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = list(clashes)
     worked, busy = 0, 0.0
     with _progress() as progress:
         task = progress.add_task("derain", total=len(todo), worked=0, busy=0.0)
-        for rel in todo:
-            src, dst = folder / rel, out / rel
+        for rel, dst in todo:
             progress.update(task, description=str(rel)[-40:])
             start = time.perf_counter()
             try:
-                if dst.suffix.lower() not in IMAGE_SUFFIXES:
-                    raise DerainError(f"{dst.suffix or 'no suffix'}: not an image type derain can write")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                derainer.derain_file(src, dst, quality=quality, tile=tile, tile_overlap=tile_overlap, compare=compare)
-            except DerainError as exc:
-                failures.append((str(rel), str(exc)))
-            except OSError as exc:
-                failures.append((str(rel), f"cannot write: {exc.strerror or exc}"))
+                derain_one(derainer, folder / rel, dst, max_pixels=max_pixels, quality=quality, tile=tile,
+                           tile_overlap=tile_overlap, compare=compare)
+            except Exception as exc:  # every per-file failure is a row of the table; Ctrl-C still stops
+                if _debug():
+                    progress.console.print(_traceback_text(exc), highlight=False, markup=False)
+                failures.append((str(rel), one_line(exc)))
             else:
                 worked += 1
                 busy += time.perf_counter() - start
                 if verbose:
                     progress.console.print(f"{rel}: {_tile_text(derainer)}", highlight=False)
             progress.update(task, advance=1, worked=worked, busy=busy)
-
-    typer.echo(f"derain: {worked} derained, {skipped} skipped, {len(failures)} failed -> {out}", err=True)
+    _summary(worked, skipped, ignored, failures, out)
     if failures:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="Failed images", show_lines=False)
-        table.add_column("file", overflow="fold")
-        table.add_column("error", overflow="fold")
-        for rel, message in failures:
-            table.add_row(rel, message)
-        Console(stderr=True).print(table)
         raise typer.Exit(1)
+
+
+def _summary(worked: int, skipped: int, ignored: list, failures: list[tuple[str, str]], out: Path) -> None:
+    """The closing line (counts) and the table of failed images."""
+    typer.echo(f"derain: {worked} derained, {skipped} skipped, {len(ignored)} ignored, {len(failures)} failed "
+               f"-> {out}", err=True)
+    if not failures:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Failed images", show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("error", overflow="fold")
+    for rel, message in failures:
+        table.add_row(rel, message)
+    Console(stderr=True).print(table)
 
 
 def register(app: typer.Typer) -> None:
