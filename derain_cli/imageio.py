@@ -176,8 +176,8 @@ def _decode_pillow(data: np.ndarray, path: str | os.PathLike) -> np.ndarray | No
     """Decode the first frame with Pillow, in OpenCV's layout (gray, BGR or BGRA); None if Pillow cannot."""
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data.tobytes())) as im:
+    try:  # the size was judged by preflight.check_memory: Pillow's bomb limit would only refuse it again
+        with _pillow_headers(), Image.open(io.BytesIO(data.tobytes())) as im:
             im.seek(0)
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im.convert("I;16"), dtype=np.uint16)
@@ -227,8 +227,8 @@ def read_rgb8(path: str | os.PathLike) -> np.ndarray:
 
 @contextmanager
 def _pillow_headers() -> Iterator[None]:
-    """Pillow without its decompression-bomb limit: only headers are parsed here, and
-    :func:`derain_cli.preflight.check_memory` decides from the size whether pixels may be decoded."""
+    """Pillow without its decompression-bomb limit (DecompressionBombError past 179 Mpx): headers are
+    parsed here, and :func:`derain_cli.preflight.check_memory` decides from the size whether pixels may be decoded."""
     from PIL import Image
 
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
