@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -125,38 +125,67 @@ class Derainer:
         return "float32" if self.dtype is None else str(self.dtype).replace("torch.", "") + " autocast"
 
     # -- tensors ------------------------------------------------------------------
-    def process_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def process_tensor(
+        self, x: torch.Tensor, *, context: Any = None, origin: tuple[int, int] = (0, 0), clamp: bool = True
+    ) -> torch.Tensor:
         """``B x 3 x H x W`` float in [0, 1] -> same, float32 on the model's device.
 
         Any H, W: the input is reflect-padded to the model's size multiple and the
-        result cropped back. No tiling here (see :meth:`process`).
+        result cropped back. No tiling here (see :meth:`process`). With a ``context``
+        (:meth:`tile_context`), ``x`` is the tile at ``origin`` of that image, one flip view;
+        ``clamp=False`` keeps values outside [0, 1] for averaging views.
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise DerainError(f"expected a B x 3 x H x W tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         lo, hi = self.spec.input_range
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            x = x.to(self.device, torch.float32)
-            x = tiling.pad_to_multiple(x, self.spec.size_multiple)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if (lo, hi) != (0.0, 1.0):
-                x = x * (hi - lo) + lo
-            y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
+        with self._inference():
+            x = self._to_net(x)
+            if context is not None:
+                y = self._forward(x, context=context, origin=origin)
+            else:
+                y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
             y = y[..., :h, :w].float()
             if not bool(torch.isfinite(y).all()):  # clamping would hide it: Inf -> white, NaN -> 0 in uint8
                 raise DerainError(f"{self.spec.name} returned NaN/Inf pixels (corrupt weights, or --half "
                                   "overflowing); nothing was written")
             if (lo, hi) != (0.0, 1.0):
                 y = (y - lo) / (hi - lo)
-            return y.clamp_(0.0, 1.0)
+            return y.clamp_(0.0, 1.0) if clamp else y
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
+    @contextmanager
+    def _inference(self):
+        """Inference mode, under autocast when a half dtype was asked for."""
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            yield
+
+    def _to_net(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the device, padded to the size multiple, in the net's memory format and input range."""
+        lo, hi = self.spec.input_range
+        x = x.to(self.device, torch.float32)
+        x = tiling.pad_to_multiple(x, self.spec.size_multiple)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if (lo, hi) != (0.0, 1.0):
+            x = x * (hi - lo) + lo
+        return x
+
+    def _forward(self, x: torch.Tensor, **context: Any) -> torch.Tensor:
+        y = self.net(x, **context)
         return y[0] if isinstance(y, (tuple, list)) else y
+
+    @property
+    def shares_context(self) -> bool:
+        """Whether the net computes its image-wide operations once per image for all tiles (``net.tile_context``)."""
+        return callable(getattr(self.net, "tile_context", None))
+
+    def tile_context(self, rgb: np.ndarray, tile: int) -> Any:
+        """The net's per-image context for ``rgb`` (H x W x 3), computed in pieces of about ``tile`` pixels."""
+        with self._inference():
+            return self.net.tile_context(self._to_net(tiling.unit_tensor(rgb)), tile)
 
     def _ensemble_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the model over the image and its horizontal, vertical and double flips (the first ``ensemble``).
@@ -211,6 +240,9 @@ class Derainer:
             raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {rgb.dtype}")
         tile, overlap = self.plan_tile(rgb.shape[0], rgb.shape[1], tile, tile_overlap)
         self.last_overlap = overlap
+        if tile and self.shares_context:
+            out, self.last_tile = self._process_shared(rgb, tile, overlap)
+            return tiling.from_unit(out, rgb.dtype)
         out, self.last_tile = tiling.run_with_retry(
             self.process_tensor,
             rgb,
@@ -222,6 +254,32 @@ class Derainer:
             notify=self.notify,
         )
         return tiling.from_unit(out, rgb.dtype)
+
+    def _process_shared(self, rgb: np.ndarray, tile: int, overlap: int) -> tuple[np.ndarray, int]:
+        """Tiles of a net with image-wide operations: each flip view gets its own context, then its tiles.
+
+        The views run one after another (a context belongs to one view), so memory holds one
+        context and two image-sized float arrays; like the whole-image ensemble, the mean is clamped, not the views.
+        """
+        total = None
+        for dims in FLIPS[: self.ensemble]:
+            axes = tuple(d - 2 for d in dims)  # tensor H, W -> array rows, columns
+            view = np.flip(rgb, axes) if axes else rgb
+            fn = _SharedContextTiles(self, view)
+            out, tile = tiling.run_with_retry(
+                fn, view, tile=tile, overlap=overlap, multiple=self.spec.size_multiple, device=self.device,
+                notify=self.notify, origin=True, clip=self.ensemble == 1,
+            )
+            del fn
+            out = np.flip(out, axes) if axes else out
+            if total is None:
+                total = out if self.ensemble == 1 else out.copy()
+            else:
+                total += out
+        if self.ensemble > 1:
+            total *= np.float32(1.0 / self.ensemble)
+            np.clip(total, 0.0, 1.0, out=total)
+        return total, tile
 
     # -- files --------------------------------------------------------------------
     def derain_file(
@@ -250,6 +308,22 @@ class Derainer:
                 compare_path(target), imageio.side_by_side(photo, result), quality=quality, inputs=(path,)
             )
         return target
+
+
+class _SharedContextTiles:
+    """Tile function that computes the net's context on its first call and gives it to every tile.
+
+    Computed lazily so that an out-of-memory while computing it is retried with smaller
+    tiles like any other (:func:`tiling.run_with_retry`), and kept across such retries.
+    """
+
+    def __init__(self, derainer: Derainer, image: np.ndarray):
+        self.derainer, self.image, self.context = derainer, image, None
+
+    def __call__(self, x: torch.Tensor, origin: tuple[int, int]) -> torch.Tensor:
+        if self.context is None:
+            self.context = self.derainer.tile_context(self.image, tile=max(x.shape[-2:]))
+        return self.derainer.process_tensor(x, context=self.context, origin=origin, clamp=self.derainer.ensemble == 1)
 
 
 def compare_path(output: str | os.PathLike) -> Path:

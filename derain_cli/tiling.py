@@ -28,8 +28,10 @@ from .devices import Notify, free_memory, is_out_of_memory, release_memory, say
 from .errors import DerainError
 
 #: ``fn`` maps a ``1 x 3 x h x w`` float32 tensor in [0, 1] (h, w multiples of
-#: ``size_multiple``) to a tensor of the same shape.
-TileFn = Callable[[torch.Tensor], torch.Tensor]
+#: ``size_multiple``) to a tensor of the same shape. With ``origin=True`` it is also
+#: given the tile's top-left ``(row, column)`` in the image, for models that take each
+#: tile's part from something computed once on the whole image (see ``api.Derainer``).
+TileFn = Callable[..., torch.Tensor]
 
 #: Smallest tile automatic sizing or OOM halving will go down to.
 MIN_TILE = 64
@@ -110,6 +112,15 @@ def _scale_of(dtype: np.dtype) -> float:
     raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {dtype}")
 
 
+def unit_tensor(image: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` uint8/uint16/float32 array -> ``1 x 3 x H x W`` float32 tensor in [0, 1]."""
+    scale = _scale_of(image.dtype)
+    x = np.ascontiguousarray(image, np.float32)
+    if scale != 1.0:
+        x = x * np.float32(1.0 / scale)
+    return torch.from_numpy(x).permute(2, 0, 1)[None]
+
+
 def run_tiles(
     fn: TileFn,
     image: np.ndarray,
@@ -118,8 +129,13 @@ def run_tiles(
     overlap: int,
     multiple: int = 1,
     out: np.ndarray | None = None,
+    origin: bool = False,
+    clip: bool = True,
 ) -> np.ndarray:
-    """Apply ``fn`` tile by tile; returns ``H x W x 3`` float32 in [0, 1] (``out`` reused if given)."""
+    """Apply ``fn`` tile by tile; returns ``H x W x 3`` float32 in [0, 1] (``out`` reused if given).
+
+    ``clip=False`` leaves values outside [0, 1], for callers that average several results first.
+    """
     if image.ndim != 3 or image.shape[2] != 3:
         raise DerainError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
     h, w = image.shape[:2]
@@ -143,7 +159,8 @@ def run_tiles(
             if scale != 1.0:
                 patch *= np.float32(1.0 / scale)
             x = torch.from_numpy(patch).permute(2, 0, 1)[None]
-            y = fn(pad_to_multiple(x, multiple))
+            x = pad_to_multiple(x, multiple)
+            y = fn(x, (r.src0, c.src0)) if origin else fn(x)
             y = y[0, :, : r.src1 - r.src0, : c.src1 - c.src0].float().cpu().numpy().transpose(1, 2, 0)
             y = y[r.dst0 - r.src0 : r.dst1 - r.src0, c.dst0 - c.src0 : c.dst1 - c.src0]
             weight = r.weights[:, None, None] * c.weights[None, :, None]
@@ -154,7 +171,8 @@ def run_tiles(
     for y0 in range(0, h, 256):  # normalise in row chunks: no image-sized temporaries
         block = out[y0 : y0 + 256]
         block *= (1.0 / row_sum[y0 : y0 + 256]).astype(np.float32)[:, None, None] * inv_col
-        np.clip(block, 0.0, 1.0, out=block)
+        if clip:
+            np.clip(block, 0.0, 1.0, out=block)
     return out
 
 
@@ -203,6 +221,8 @@ def run_with_retry(
     device: torch.device,
     min_tile: int = 0,
     notify: Notify = say,
+    origin: bool = False,
+    clip: bool = True,
 ) -> tuple[np.ndarray, int]:
     """:func:`run_tiles`, halving the tile on out-of-memory; returns ``(result, tile used)``."""
     floor = max(MIN_TILE, min_tile, multiple)
@@ -211,7 +231,8 @@ def run_with_retry(
         try:
             if out is None:
                 out = np.zeros((image.shape[0], image.shape[1], 3), np.float32)
-            return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out), tile
+            return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out, origin=origin,
+                             clip=clip), tile
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -75,11 +75,67 @@ def test_cluster_order_is_a_permutation_grouping_similar_tokens():
     assert (signs[:10] == signs[0]).all() and (signs[10:] == signs[10]).all()
 
 
-def test_spec_declares_tiling_unsafe_with_a_large_minimum_tile():
-    # Cluster attention sees the whole tile, so tiles change the result: the spec says so.
+def _random_net(preset="cpu", gain=0.5, **overrides):
+    """A dualstage net whose every weight matrix is redrawn (the refiner's zeroed convs too)."""
+    from tiny_spec import randomize
+
     spec = get_spec("dualstage")
-    assert spec.tile_safe is False and spec.min_tile >= 256
+    torch.manual_seed(0)
+    return randomize(spec.build(spec.config(preset, **overrides)).eval(), gain=gain)
+
+
+def test_spec_declares_tiles_safe_with_the_measured_margin():
+    # The image-wide attention runs once per image (tile_context), so tiles agree with the whole image.
+    spec = get_spec("dualstage")
+    assert spec.tile_safe is True and spec.tile_margin >= dualstage.TILE_MARGIN + 3
     assert set(spec.presets) >= {"cpu", "paper"}
+
+
+def test_margin_bounds_the_local_receptive_field():
+    # With the attention blocks' output fixed (the context), an output pixel depends only on
+    # input pixels within TILE_MARGIN: redraw everything farther away and it does not move.
+    net = _random_net(gain=1.5)  # large enough that far paths do not fade below float noise
+    x = torch.rand(1, 3, 200, 232)
+    m, (cy, cx) = dualstage.TILE_MARGIN, (100, 116)
+    far = torch.rand_like(x)
+    far[..., cy - m:cy + m + 1, cx - m:cx + m + 1] = x[..., cy - m:cy + m + 1, cx - m:cx + m + 1]
+    with torch.inference_mode():
+        ctx = net.tile_context(x, 1024)
+        near = net.forward_tile(x, ctx, (0, 0))[..., cy, cx]
+        assert torch.equal(net.forward_tile(far, ctx, (0, 0))[..., cy, cx], near)
+        closer = far.clone()  # the margin is not loose: a change 20 pixels inside it shows
+        closer[..., cy - m + 19:cy - m + 22, cx - 1:cx + 2] += 0.5
+        assert not torch.equal(net.forward_tile(closer, ctx, (0, 0))[..., cy, cx], near)  # bitwise, as above
+
+
+@pytest.mark.parametrize("head_tile,chunk", [(32, 40), (64, 1 << 16), (4096, 100)])
+def test_context_equals_the_whole_image_attention(head_tile, chunk, monkeypatch):
+    monkeypatch.setattr(dualstage, "LEAN_CHUNK", chunk)  # small chunks: many bands and group chunks
+    net = _random_net(**TINY)
+    x = torch.rand(1, 3, 150, 131)  # odd sides: split reflect padding, as for photos
+    with torch.inference_mode():
+        xp, _ = dualstage.pad_to_multiple(x, net.multiple)
+        whole = net.stage2.blocks(net.stage2.down(net._head(xp)[1]))
+        ctx = net.tile_context(x, head_tile)
+    assert ctx.g.shape == whole.shape and torch.allclose(ctx.g, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("flips", [1, 2])
+def test_tiled_matches_whole_image(flips):
+    from derain_cli.api import Derainer
+
+    spec = get_spec("dualstage")
+    net = _random_net(**TINY)
+    d = Derainer(spec, spec.config(**TINY), net, torch.device("cpu"), ensemble=flips)
+    img = np.random.default_rng(0).random((150, 203, 3)).astype(np.float32)
+    whole = d.process(img, tile=4096)
+    tiled = d.process(img, tile=48)
+    assert d.last_tile == 48 and d.last_overlap == spec.tile_margin
+    assert np.abs(tiled - whole).max() < 1e-4
+    # Without the shared context (each tile its own k-means and GroupNorm) tiles disagree.
+    d.net = type("PerTile", (), {"__call__": lambda self, x: net(x)})()
+    assert not hasattr(d.net, "tile_context")
+    assert np.abs(d.process(img, tile=48) - whole).max() > 1e-2
 
 
 def test_stages_are_both_supervised_and_a_step_runs():

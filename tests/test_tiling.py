@@ -12,7 +12,7 @@ from derain_cli import devices, tiling
 from derain_cli.api import Derainer, load_model
 from derain_cli.errors import DerainError, WeightsError
 from derain_cli.weightfile import save_weights
-from tiny_spec import make_spec, save_random_weights
+from tiny_spec import TINY_CONFIGS, make_spec, randomize, save_random_weights, tiny_net
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,37 @@ def test_tiled_equals_untiled(models, kind, margin):
     # the check has teeth: without context the tiles visibly disagree with the whole image
     seams = model.process(img, tile=32, tile_overlap=0)
     assert np.abs(seams - whole).max() > 1 / 255
+
+
+#: What ``tile_safe`` promises: tiled output within this PSNR (8-bit RGB) of the whole image at
+#: the default overlap (``tile_margin``), whatever the tile size.
+TILE_SAFE_PSNR = 45.0
+#: Models with per-tile statistics only promise that the wide fades keep tiles close.
+TILE_UNSAFE_PSNR = 30.0
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_every_model_tiles_as_its_traits_promise(name):
+    from conftest import make_rainy_pair
+    from derain_cli.metrics import psnr_rgb
+    from derain_cli.registry import MODEL_NAMES
+
+    assert set(TINY_CONFIGS) == set(MODEL_NAMES)  # a new architecture needs a tiny config here
+    spec, config, net = tiny_net(name)
+    derainer = Derainer(spec, config, randomize(net), torch.device("cpu"))
+    if spec.tile_safe:
+        h, w, tile = 160, 200, 64
+    else:  # the smallest tiles it allows, on an image that needs four
+        h, w, tile = spec.min_tile + 96, spec.min_tile + 160, spec.min_tile
+    rainy, _ = make_rainy_pair(h, w, seed=3)
+    whole = derainer.process(rainy, tile=max(h, w))
+    assert derainer.last_tile == 0 and psnr_rgb(whole, rainy) < 30  # the net really changes the image
+    tiled = derainer.process(rainy, tile=tile)
+    assert derainer.last_tile == tile and derainer.last_overlap >= spec.tile_margin
+    score = psnr_rgb(tiled, whole)
+    assert score >= (TILE_SAFE_PSNR if spec.tile_safe else TILE_UNSAFE_PSNR), (name, score)
+    if spec.tile_safe:  # the check has teeth: without context the tiles disagree
+        assert psnr_rgb(derainer.process(rainy, tile=tile, tile_overlap=0), whole) < TILE_SAFE_PSNR
 
 
 @pytest.mark.parametrize("dtype,top", [(np.uint8, 255), (np.uint16, 65535), (np.float32, 1.0)])

@@ -107,6 +107,44 @@ def make_spec(name: str = "tinytest", kind: str = "conv", **fields) -> ModelSpec
     return ModelSpec(**base)
 
 
+#: Small configs of every registered architecture (overrides of its default preset), for tests
+#: that run each one: tiling, ONNX export.
+TINY_CONFIGS: dict[str, dict] = {
+    "dualstage": dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
+                      kmeans_iters=2, fullres_blocks=1, fullres_width=4),
+    "semimsn": dict(channels=4, units=1, cclb_depth=1, fullres_blocks=1, fullres_width=4),
+    "dcdgan": dict(ngf=4, n_blocks=1, ndf=8, n_downsampling=2),
+    "jrgr": dict(unet_ngf=4, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2),
+    "rainfog": dict(ext_width=4, local_blocks=1, global_blocks=1, attn_tokens=64, width=4, blocks=1,
+                    gen_width=4, gen_blocks=1, disc_width=4),
+}
+
+
+def tiny_net(name: str, seed: int = 0):
+    """``(spec, config, net)``: the derain network of a registered architecture, tiny, seeded, in eval mode."""
+    from derain_cli.registry import get_spec
+
+    spec = get_spec(name)
+    config = spec.config(**TINY_CONFIGS[name])
+    torch.manual_seed(seed)
+    bundle = spec.build(config)
+    return spec, config, spec.derain_net(bundle, spec.variants[0]).eval()
+
+
+def randomize(net: nn.Module, gain: float = 1.0, seed: int = 0) -> nn.Module:
+    """Redraw every weight matrix at ``gain / sqrt(fan_in)``: untrained nets that change images a lot.
+
+    Default initialisations leave several architectures close to the identity (zeroed last
+    layers, small residuals), and an identity agrees with itself however it is tiled.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * (gain / p[0].numel() ** 0.5))
+    return net
+
+
 def save_random_weights(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
     """Build ``spec`` with random weights (seeded) and save them like a shipped file."""
     torch.manual_seed(seed)

@@ -19,6 +19,7 @@ Both stages are supervised (Charbonnier on each, plus an edge term on the final 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +224,51 @@ class AttentionBlock(nn.Module):
         x = x + y
         return x + self.ffn(self.norm2(x))
 
+    def forward_lean(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """:meth:`forward` on one big map (batch 1) with two or three map-sized buffers, updating ``x`` in place.
+
+        The same operations, image-wide where they are (GroupNorm, k-means), but attention and
+        the FFN run on about ``chunk`` tokens at a time: on a 12 MP photo's map the plain
+        forward peaks at 2.5 GB, this at a third of that.
+        """
+        b, c, h, w = x.shape
+        y = self.norm1(x)
+        ws = self.window
+        if self.kind == "cluster":
+            t = y.flatten(2).transpose(1, 2)  # B, N, C: a view of y, written back in place below
+            n, g = t.shape[1], ws * ws
+            index = kmeans_order(t, self.clusters, self.iters)[..., None].expand(-1, -1, c)
+            ts = torch.gather(t, 1, index)
+            step = max(1, chunk // g) * g
+            for s in range(0, n, step):
+                piece = ts[:, s:s + step]
+                size = piece.shape[1]
+                if size % g:  # the last group, filled up with the last token as in forward()
+                    piece = torch.cat([piece, piece[:, -1:].expand(-1, (-size) % g, -1)], 1)
+                ts[:, s:s + size] = self.attn(piece.reshape(-1, g, c)).reshape(b, -1, c)[:, :size]
+            t.scatter_(1, index, ts)
+            del ts, index
+            x += y
+        else:
+            shift = ws // 2 if self.kind == "shifted" else 0
+            rows = max(1, chunk // (w * ws)) * ws
+            for r in range(0, h, rows):  # bands of window rows of the rolled map
+                idx = (torch.arange(r, min(h, r + rows), device=x.device) + shift) % h
+                band = y.index_select(2, idx)
+                if shift:
+                    band = torch.roll(band, -shift, 3)
+                band = _unwindows(self.attn(_windows(band, ws)), b, c, band.shape[2], w, ws)
+                if shift:
+                    band = torch.roll(band, shift, 3)
+                x.index_add_(2, idx, band)
+        del y
+        z = self.norm2(x)
+        rows = max(1, chunk // w)
+        for r in range(0, h, rows):  # the FFN's 3x3 conv needs one row of context each side
+            a0, a1 = max(0, r - 1), min(h, r + rows + 1)
+            x[..., r:r + rows, :] += self.ffn(z[..., a0:a1, :])[..., r - a0:r - a0 + rows, :]
+        return x
+
 
 class Stage2(nn.Module):
     """Attention at quarter resolution (pixel-unshuffle by 4), pixel-shuffle back, refine."""
@@ -239,10 +285,37 @@ class Stage2(nn.Module):
         self.tail = nn.Conv2d(ch, 3, 3, padding=1)
 
     def forward(self, coarse, x, f1):
-        f = self.head(torch.cat([coarse, x], 1)) + f1
-        g = self.blocks(self.down(f))
+        f = self.features(coarse, x, f1)
+        return self.finish(coarse, f, self.blocks(self.down(f)))
+
+    def features(self, coarse, x, f1):
+        """Full-resolution features before the attention (local: computable tile by tile)."""
+        return self.head(torch.cat([coarse, x], 1)) + f1
+
+    def finish(self, coarse, f, g):
+        """The output from the features and the attention blocks' result ``g`` (local again)."""
         f = self.refine(f + self.up(g))
         return coarse + self.tail(f)
+
+
+#: Receptive-field margin (pixels) of everything outside the attention blocks: the mask, stage 1,
+#: stage 2's head, refine and tail, and the full-resolution refiner (measured by
+#: ``tests/test_dualstage.py::test_margin_bounds_the_local_receptive_field``).
+TILE_MARGIN = 48
+#: Context each tile of :meth:`DualStageNet.tile_context` reads around its core (a multiple of 4).
+HEAD_MARGIN = 36
+#: Tokens the attention blocks handle at a time in :meth:`DualStageNet.tile_context`.
+LEAN_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class TileContext:
+    """What every tile of one image shares: the attention blocks' output on the whole image."""
+
+    g: torch.Tensor  # 1 x dim x Hp/4 x Wp/4, over the whole padded image
+    box: tuple[int, int, int, int]  # (top, left, h, w) of the image inside the padded one
+    padded: tuple[int, int]  # (Hp, Wp)
+    mode: str  # how the whole image was padded: reflect or replicate
 
 
 class DualStageNet(nn.Module):
@@ -273,8 +346,99 @@ class DualStageNet(nn.Module):
             final = self.fullres(x, final)
         return coarse, final
 
-    def forward(self, x):
+    def forward(self, x, context: "TileContext | None" = None, origin: tuple[int, int] = (0, 0)):
+        """The derained image; with a ``context`` (:meth:`tile_context`), of the tile of its image at ``origin``."""
+        if context is not None:
+            return self.forward_tile(x, context, origin)
         return self.forward_stages(x)[1]
+
+    # -- tiles that agree with the whole image --------------------------------------------
+    # Everything but stage 2's attention blocks is convolutional, with a receptive-field margin
+    # under TILE_MARGIN pixels. The blocks are not: k-means, sorting by cluster and GroupNorm see
+    # the whole map. So the blocks run once, on the whole image at quarter resolution (a small
+    # map: dim/16 values per pixel), and every tile takes its part of their output from there.
+
+    def _head(self, xp):
+        """Stage 1's coarse image and stage 2's features before the attention (both local)."""
+        coarse, f1 = self.stage1(xp, self.mask(xp))
+        return coarse, self.stage2.features(coarse, xp, f1)
+
+    def tile_context(self, x: torch.Tensor, tile: int) -> "TileContext":
+        """Run the attention blocks on the whole image ``x`` (its full-resolution part in tiles of ``tile``).
+
+        Each head tile reads ``HEAD_MARGIN`` extra pixels on every side and keeps its core, so
+        the map equals the whole-image one (up to float rounding) at any tile size. The padded
+        image is never built whole: each tile pads its own crop where it meets the border.
+        """
+        h, w = x.shape[-2:]
+        hp, wp = h + (-h) % self.multiple, w + (-w) % self.multiple
+        top, left = (hp - h) // 2, (wp - w) // 2  # as pad_to_multiple splits it
+        mode = "reflect" if (hp - top - h < h and wp - left - w < w) else "replicate"
+        geometry = ((top, left, h, w), (hp, wp), mode)
+        step, m = max(32, tile // 32 * 32), HEAD_MARGIN
+        g = None
+        for y0 in range(0, hp, step):
+            for x0 in range(0, wp, step):
+                y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
+                a1, b1 = min(hp, y1 + m), min(wp, x1 + m)
+                a0, b0 = max(0, min(y0 - m, a1 - 96)), max(0, min(x0 - m, b1 - 96))  # 96: room to reflect
+                crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1)
+                part = self.stage2.down(self._head(crop)[1])
+                if g is None:
+                    g = part.new_empty(1, part.shape[1], hp // 4, wp // 4)
+                g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
+                    part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
+                del crop, part
+        for blk in self.stage2.blocks:
+            blk.forward_lean(g, LEAN_CHUNK)
+        return TileContext(g, *geometry)
+
+    def forward_tile(self, x: torch.Tensor, ctx: "TileContext", origin: tuple[int, int]) -> torch.Tensor:
+        """The whole image's output over this tile (exact wherever the tile has ``TILE_MARGIN`` of context).
+
+        The tile is padded like the whole image where it touches the image's border, and cut
+        to the quarter-resolution grid of the whole padded image (losing at most 3 pixels of
+        context, which tiles have plenty of); those pixels come back as copies of their neighbours.
+        """
+        top, left, h, w = ctx.box
+        hp, wp = ctx.padded
+        (y0, x0), (th, tw) = origin, x.shape[-2:]
+        # Rows/columns [s, e) of the whole padded image this tile can compute, on the 4-pixel grid.
+        sy, sx = (-(-(y0 + top) // 4) * 4 if y0 else 0), (-(-(x0 + left) // 4) * 4 if x0 else 0)
+        ey = (y0 + th + top) // 4 * 4 if y0 + th < h else hp
+        ex = (x0 + tw + left) // 4 * 4 if x0 + tw < w else wp
+        coarse, f = self._head(_padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex))
+        final = self.stage2.finish(coarse, f, ctx.g[..., sy // 4:ey // 4, sx // 4:ex // 4])
+        # The part inside the image, in this tile's coordinates: [i0, i1) x [j0, j1).
+        i0, i1 = max(sy, top) - top - y0, min(ey, top + h) - top - y0
+        j0, j1 = max(sx, left) - left - x0, min(ex, left + w) - left - x0
+        iy, jx = i0 + y0 + top - sy, j0 + x0 + left - sx
+        final = final[..., iy:iy + i1 - i0, jx:jx + j1 - j0]
+        if self.fullres is not None:
+            final = self.fullres(x[..., i0:i1, j0:j1], final)
+        if (i0, j0, i1, j1) != (0, 0, th, tw):
+            final = F.pad(final, (j0, tw - j1, i0, th - i1), mode="replicate")
+        return final
+
+
+def _padded_region(x: torch.Tensor, origin: tuple[int, int], geometry, sy: int, ey: int, sx: int, ex: int):
+    """Rows ``[sy, ey)`` x columns ``[sx, ex)`` of the whole padded image, from ``x``: its part at ``origin``.
+
+    ``geometry`` is ``(box, padded size, mode)`` of the whole image's padding. Padding is
+    added only where the region leaves the image, as :func:`pad_to_multiple` did for the
+    whole image (reflect falls back to replicate where a tile is thinner than its padding).
+    """
+    (top, left, h, w), _, mode = geometry
+    y0, x0 = origin
+    iy0, iy1 = max(sy - top, 0), min(ey - top, h)
+    ix0, ix1 = max(sx - left, 0), min(ex - left, w)
+    crop = x[..., iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    pads = (ix0 - (sx - left), (ex - left) - ix1, iy0 - (sy - top), (ey - top) - iy1)
+    if not any(pads):
+        return crop
+    if mode == "reflect" and (max(pads[:2]) >= crop.shape[-1] or max(pads[2:]) >= crop.shape[-2]):
+        mode = "replicate"
+    return F.pad(crop, pads, mode=mode)
 
 
 PRESETS = {
@@ -321,9 +485,11 @@ SPEC = ModelSpec(
     weights_entry="dualstage",
     input_range=(0.0, 1.0),
     size_multiple=1,  # the network pads internally
-    # Cluster attention sees the whole tile: tiles change the result slightly.
-    tile_safe=False,
-    tile_margin=64,
-    min_tile=512,
+    # The attention blocks (k-means, GroupNorm: image-wide) run once on the whole image at
+    # quarter resolution (DualStageNet.tile_context); the rest is local with a margin under
+    # TILE_MARGIN, plus up to 3 pixels each tile gives up to meet the quarter-resolution grid.
+    tile_safe=True,
+    tile_margin=TILE_MARGIN + 4,
+    min_tile=0,
     bytes_per_pixel=3000.0,
 )
