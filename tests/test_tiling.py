@@ -197,11 +197,14 @@ def test_tile_unsafe_model_prefers_whole_image(models, monkeypatch):
     assert tile >= 96
 
 
-def test_devices(capsys):
+def test_devices(capsys, monkeypatch):
     assert devices.resolve_device("cpu") == torch.device("cpu")
     lines = []
+    monkeypatch.setattr(devices, "cuda_built", lambda: True)  # a CUDA build, no GPU on this machine
     assert devices.resolve_device("auto", notify=lines.append) == torch.device("cpu")
-    assert len(lines) == 1 and "CPU" in lines[0]  # the fallback is visible (this machine has no CUDA)
+    assert len(lines) == 1 and "CPU" in lines[0]  # the fallback is visible
+    monkeypatch.setattr(devices, "cuda_built", lambda: False)  # a CPU-only torch: nothing to say
+    assert devices.resolve_device("auto", notify=lines.append) == torch.device("cpu") and len(lines) == 1
     for bad, msg in [("cuda", "cuda"), ("cuda:3", "cuda"), ("gpu", "unknown device"), ("mps", "MPS")]:
         with pytest.raises(DerainError, match=msg):
             devices.resolve_device(bad)
