@@ -18,6 +18,7 @@ from .errors import DerainError
 Notify = Callable[[str], None]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+NO_GPU = "no CUDA GPU found"
 
 
 def say(message: str) -> None:
@@ -37,7 +38,7 @@ def _cuda_ready(device: torch.device) -> str | None:
     """None if CUDA works on ``device``, else why not (one short phrase)."""
     try:
         if not torch.cuda.is_available():
-            return "no CUDA GPU found"
+            return NO_GPU
         torch.zeros(1, device=device)
         return None
     except Exception as exc:  # driver mismatch, busy device, broken install
@@ -55,7 +56,8 @@ def resolve_device(name: str = "auto", notify: Notify = say) -> torch.device:
         problem = _cuda_ready(torch.device("cuda"))
         if problem is None:
             return torch.device("cuda")
-        if cuda_built():  # a CUDA build without a working GPU is a surprise worth a line; a CPU build is not
+        # a CUDA build without a working GPU is a surprise worth a line; a CPU-only build finding none is not
+        if cuda_built() or problem != NO_GPU:
             notify(f"{problem}; running on the CPU")
         return torch.device("cpu")
     if name == "mps":
