@@ -360,12 +360,19 @@ def load_model(
     resolution (bundled -> Hugging Face cache -> hub), sha256-checked.
     ``task="rainify"`` returns the clean-to-rainy network of models that have one.
     ``ensemble=True`` averages each image over its four flips (4x the time); ``ensemble=2``
-    over the image and its left-right mirror (2x).
+    over the image and its left-right mirror (2x). A ``weights`` file ending in ``.onnx``
+    (``derain export --onnx``) runs with onnxruntime instead (:mod:`derain_cli.onnx_export`).
     """
     from . import registry
 
     if task not in TASKS:
         raise DerainError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        from .onnx_export import load_onnx
+
+        flip_views(ensemble)
+        return load_onnx(weights, name.name if isinstance(name, ModelSpec) else name, device=device, threads=threads,
+                         half=half, task=task, notify=notify, ensemble=ensemble)
     if isinstance(name, ModelSpec):
         spec = name
     else:

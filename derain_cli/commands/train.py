@@ -132,11 +132,24 @@ def _train_and_report(opts) -> None:
 
 
 def export_command(
-    run_dir: Path = typer.Argument(..., help="Run folder of `derain train`."),
-    output: Path = typer.Option(..., "--output", "-o", help="Weights file to write (.safetensors)."),
+    run_dir: Optional[Path] = typer.Argument(None, help="Run folder of `derain train` (not with --onnx)."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write: .safetensors, or .onnx with --onnx."),
     no_ema: bool = typer.Option(False, "--no-ema", help="Export the raw weights even if an EMA exists."),
+    onnx: Optional[str] = typer.Option(None, "--onnx", help="Write this model (NAME or NAME.TAG) as ONNX instead; needs the onnx extra."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="With --onnx: the .safetensors file to export (default: the model's registered weights)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="With --onnx: the model variant to export."),
 ) -> None:
-    """Write the inference weights file (safetensors + metadata) from a run's last checkpoint."""
+    """Write the inference weights file (safetensors + metadata) from a run's last checkpoint, or a model as ONNX."""
+    if onnx is not None:
+        if run_dir is not None:
+            raise DerainError("give a run folder or --onnx MODEL, not both")
+        from ..onnx_export import export_onnx
+
+        done = export_onnx(onnx, output, weights=weights, variant=variant)
+        typer.echo(f"{done['path']}  {done['architecture']}, onnxruntime matches torch within {done['max_diff']:.1e}")
+        return
+    if run_dir is None:
+        raise DerainError("give the run folder of `derain train` to export, or --onnx MODEL")
     if output.suffix != ".safetensors":
         raise DerainError("the exported file must end in .safetensors")
     from ..train.engine import export_checkpoint
