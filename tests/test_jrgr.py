@@ -11,15 +11,13 @@ from derain_cli.models import jrgr
 from derain_cli.registry import get_spec
 
 from conftest import REPO, make_rainy_pair
+from tiny_configs import JRGR_REFERENCE_STAGE2, JRGR_TINY
 
 SPEC = get_spec("jrgr")
 
 #: Smaller than the cpu preset so a few dozen steps take seconds, and with the authors' stage 2
 #: (the cpu preset's own stage-2 options off), so each option's test switches on just the one it checks.
-REFERENCE_STAGE2 = dict(remover_bn_fixed=False, trans_residual=False, disc_highpass=0.0, lambda_anchor=0.0,
-                        anchor_sigma=0.0, remover_delay=0.0, lambda_idt=0.0)
-TINY = dict(unet_ngf=8, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2, pool_size=4,
-            **REFERENCE_STAGE2)
+REFERENCE_STAGE2, TINY = JRGR_REFERENCE_STAGE2, JRGR_TINY
 
 
 def _tiny_config(**overrides):

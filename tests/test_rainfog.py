@@ -10,9 +10,9 @@ import torch
 from conftest import SHARED_DATA, needs_shared_data
 from derain_cli.models.rainfog import SPEC, T_MIN, GlobalAttention, procedural_degradation
 from derain_cli.registry import get_spec
+from tiny_configs import RAINFOG_TINY
 
-TINY = dict(ext_width=4, local_blocks=1, global_blocks=1, attn_tokens=64, width=4, blocks=1,
-            gen_width=4, gen_blocks=1, disc_width=4)
+TINY = RAINFOG_TINY
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "derain_cli" / "data" / "weights" / "rainfog.safetensors"
 

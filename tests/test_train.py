@@ -20,17 +20,13 @@ import pytest
 import torch
 
 from conftest import make_rainy_pair
+from tiny_configs import DCDGAN_TINY, DUALSTAGE_TINY, SEMIMSN_TINY
 from derain_cli import cli
 from derain_cli.train import engine
 from derain_cli.train.data import PatchSampler
 from derain_cli.train.engine import TrainOptions
 from clirun import derain  # noqa: E402
 
-SEMIMSN_TINY = dict(channels=4, units=1, cclb_depth=1, fullres_blocks=1, fullres_width=4)
-DUALSTAGE_TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
-                      fullres_blocks=1, fullres_width=4)
-DCDGAN_TINY = dict(ngf=8, n_blocks=2, ndf=8, nce_layers=[4, 8, 12, 13], num_patches=32, nce_dim=32,
-                   n_downsampling=2, w_prior=0.0)
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 

@@ -346,10 +346,16 @@ class DualStageNet(nn.Module):
             final = self.fullres(x, final)
         return coarse, final
 
-    def forward(self, x, context: "TileContext | None" = None, origin: tuple[int, int] = (0, 0)):
-        """The derained image; with a ``context`` (:meth:`tile_context`), of the tile of its image at ``origin``."""
+    def forward(self, x, context: "TileContext | None" = None, origin: tuple[int, int] = (0, 0), stages: bool = False):
+        """The derained image; with a ``context`` (:meth:`tile_context`), of the tile of its image at ``origin``.
+
+        ``stages=True`` returns ``(coarse, final)`` for training: through ``forward`` so that a
+        DistributedDataParallel wrapper's forward runs and the gradients are all-reduced.
+        """
         if context is not None:
             return self.forward_tile(x, context, origin)
+        if stages:
+            return self.forward_stages(x)
         return self.forward_stages(x)[1]
 
     # -- tiles that agree with the whole image --------------------------------------------
@@ -460,9 +466,8 @@ class DualStageRecipe(Recipe):
     lr = 5e-4
 
     def train_step(self, batch, step):
-        net = self.nets["bundle"]
-        coarse, final = net.forward_stages(batch["rainy"]) if not hasattr(net, "module") else \
-            net.module.forward_stages(batch["rainy"])
+        net = self.nets["bundle"]  # called directly, so a DDP wrapper syncs the gradients
+        coarse, final = net(batch["rainy"], stages=True)
         clean = batch["clean"]
         l1 = charbonnier(coarse.float(), clean)
         l2 = charbonnier(final.float(), clean)
