@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import imageio
 from .errors import DerainError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 #: Environment variable naming the folder that holds one sub-folder per dataset.
 DATA_ENV = "DERAIN_DATA"
@@ -123,13 +123,8 @@ class Dataset:
 
 def list_images(folder: Path) -> dict[str, Path]:
     """Images of a folder by stem; two files with one stem are an error (which one to score?)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DerainError(f"not a folder: {folder}")
     found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
-            continue
+    for p in imageio.list_images(folder, required=False):
         if p.stem in found:
             raise DerainError(f"{folder}: two images share the stem {p.stem!r} ({found[p.stem].name}, {p.name})")
         found[p.stem] = p

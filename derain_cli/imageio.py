@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import DerainWarning, ImageError
+from .errors import DerainError, DerainWarning, ImageError
 from .weightfile import atomic_write_bytes
 
 #: Suffixes read and written without plugins, lower case.
@@ -39,6 +39,21 @@ IMAGE_SUFFIXES = NATIVE_SUFFIXES + HEIF_SUFFIXES
 #: Everything ``derain run``/``batch`` can read (GIF: the first frame, written back as PNG).
 READ_SUFFIXES = IMAGE_SUFFIXES + (".gif",)
 HEIF_INSTALL = "install it with: pip install 'derain-cli[heif]'"
+
+
+def list_images(folder: str | os.PathLike, suffixes=NATIVE_SUFFIXES, *, required: bool = True) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name: one rule for every command that takes folders.
+
+    ``suffixes`` defaults to those read without plugins (training and dataset folders);
+    ``required`` makes an empty folder an error naming the suffixes looked for.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DerainError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+    if required and not files:
+        raise DerainError(f"no images in {folder} (looked for {', '.join(sorted(suffixes))})")
+    return files
 
 _EXIF_ORIENTATION = 0x0112
 #: Baseline TIFF tags that describe pixel storage, not the photo: never copied into EXIF.

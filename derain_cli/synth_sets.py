@@ -14,13 +14,12 @@ from typing import Callable
 import numpy as np
 
 from .errors import DerainError, ImageError
-from .imageio import read_rgb8
+from .imageio import list_images, read_rgb8
 from .rainrender import RenderConfig, render_pair
 from .synth import image_seed, parse_fog, synthesize
 from .imageio import write_png  # noqa: F401 (one implementation, in imageio)
 from .weightfile import atomic_write_bytes
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: The rain100l-fog evaluation set: Rain100L test *rainy* images with fog only.
 RAIN100L_FOG = {"fog": 0.5, "seed": 2024, "rain": "none"}
@@ -34,15 +33,6 @@ class RenderedParams:
 
     def to_dict(self) -> dict:
         return {"seed": int(self.seed), "renderer": "rainrender", **self.info}
-
-
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise DerainError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DerainError(f"no images in {folder}")
-    return files
 
 
 def _check_out(out: Path, *inputs: Path) -> None:

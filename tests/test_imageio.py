@@ -262,3 +262,27 @@ def test_encoder_limits_are_user_errors(tmp_path):
     with pytest.raises(ImageError, match="cannot encode a 17000x2 .webp"):
         write_image(tmp_path / "wide.webp", wide)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_images_is_the_one_folder_rule(tmp_path):
+    """Training, dataset, synth and rainify folders all list images through imageio.list_images."""
+    from derain_cli.commands.rainify import collect_images
+    from derain_cli.datasets import list_images as by_stem
+    from derain_cli.errors import DerainError
+    from derain_cli.synth_sets import list_images as synth_list
+    from derain_cli.train.data import list_images as train_list
+
+    for name in ("b.PNG", "a.jpg", "c.heic", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()
+    assert [p.name for p in imageio.list_images(tmp_path)] == ["a.jpg", "b.PNG"]
+    assert train_list is synth_list is imageio.list_images
+    assert list(by_stem(tmp_path)) == ["a", "b"]
+    assert [p.name for p in collect_images([tmp_path])] == ["a.jpg", "b.PNG", "c.heic"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DerainError, match=r"no images in .*empty \(looked for \.bmp, \.jpeg, .*\.webp\)"):
+        imageio.list_images(empty)
+    assert imageio.list_images(empty, required=False) == [] and by_stem(empty) == {}
+    with pytest.raises(DerainError, match="not a folder"):
+        imageio.list_images(tmp_path / "a.jpg")

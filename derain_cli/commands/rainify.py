@@ -19,15 +19,12 @@ RAINIFY_MODELS = ("dcdgan", "jrgr", "rainfog")
 
 def collect_images(inputs: list[Path]) -> list[Path]:
     """Expand folders to the images inside them (sorted); files are kept as given."""
-    from ..imageio import IMAGE_SUFFIXES
+    from ..imageio import IMAGE_SUFFIXES, list_images
 
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DerainError(f"no images in {item} (looked for {', '.join(IMAGE_SUFFIXES)})")
-            files += found
+            files += list_images(item, IMAGE_SUFFIXES)
         elif item.is_file():
             files.append(item)
         else:

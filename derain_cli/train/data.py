@@ -6,30 +6,18 @@ checked before training starts (a bad file is an error up front, not at step 500
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DerainError
-from ..imageio import read_rgb8
+from ..imageio import list_images, read_rgb8
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: Real photos are often far larger than synthetic training images; rain streaks in a
 #: 12-megapixel photo are many times wider than in Rain100L, so very large images are
 #: downscaled on load to this longest side to keep the two domains at a similar scale.
 MAX_SIDE = 1024
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DerainError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DerainError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
 
 
 def _load(files: list[Path], patch: int, max_side: int | None) -> list[np.ndarray]:
