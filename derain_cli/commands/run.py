@@ -125,10 +125,14 @@ def _model_memory(derainer) -> dict:
     return {"model_bytes_per_pixel": derainer.spec.bytes_per_pixel, "model_cap": CPU_BUDGET}
 
 
-def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], **kw) -> None:
-    """Check the image's size against memory (header only), then derain it into ``dst``."""
+def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], progress=None, **kw) -> None:
+    """Check the image's size against memory (header only), then derain it into ``dst``; videos frame by frame."""
     from ..preflight import check_memory
+    from ..video import derain_video, is_video
 
+    if is_video(src):
+        derain_video(derainer, src, dst, progress=progress, **kw)
+        return
     check_memory(src, compare=kw.get("compare", False), max_pixels=max_pixels, **_model_memory(derainer))
     derainer.derain_file(src, dst, **kw)
 
@@ -145,7 +149,9 @@ def run_targets(images: List[Path], out: Optional[str]) -> list[Path]:
     if len(images) > 1:
         raise DerainError(f"-o {out} names one file but {len(images)} images were given; "
                           f"to write them into a folder, end it with / (-o {out}/)")
-    problem = write_problem(Path(out).suffix)
+    from ..video import is_video
+
+    problem = None if is_video(out) else write_problem(Path(out).suffix)
     if problem:
         raise DerainError(f"-o {out}: {problem} (to name a folder, end it with /)")
     return [Path(out)]
@@ -175,6 +181,7 @@ def run(
     """Derain photos; keeps format, bit depth, alpha, orientation, EXIF and colour profile."""
     from ..api import compare_path
     from ..preflight import check_input, check_target
+    from ..video import check_video_target, is_video
 
     for img in images:
         check_input(img)
@@ -183,7 +190,7 @@ def run(
     for t in targets:
         if t.resolve() in inputs:
             raise DerainError(f"{t}: refusing to overwrite an input image; choose another output")
-        check_target(t)  # format, folder and writability, before the model is even loaded
+        check_video_target(t) if is_video(t) else check_target(t)  # before the model is even loaded
         if compare and compare_path(t).resolve() in inputs:
             raise DerainError(f"{compare_path(t)}: refusing to overwrite an input image; choose another output")
 
@@ -236,7 +243,9 @@ def _why_not(entry: os.DirEntry, rel: Path, pattern: Optional[str]) -> Optional[
         return f"cannot be read ({exc.strerror or exc})"
     if not stat.S_ISREG(mode):
         return f"{_file_kind(mode)}, not a regular file"
-    if entry.name.lower().endswith(READ_SUFFIXES):
+    from ..video import VIDEO_SUFFIXES
+
+    if entry.name.lower().endswith(READ_SUFFIXES + VIDEO_SUFFIXES):
         return None
     suffix = Path(entry.name).suffix
     return f"not an image type derain reads ({suffix or 'no suffix'})"
@@ -407,7 +416,7 @@ def batch(
             start = time.perf_counter()
             try:
                 derain_one(derainer, folder / rel, dst, max_pixels=max_pixels, quality=quality, tile=tile,
-                           tile_overlap=tile_overlap, compare=compare)
+                           tile_overlap=tile_overlap, compare=compare, progress=progress)
             except Exception as exc:  # every per-file failure is a row of the table; Ctrl-C still stops
                 if _debug():
                     progress.console.print(_traceback_text(exc), highlight=False, markup=False)
