@@ -422,10 +422,20 @@ def _png_with_metadata(png: bytes, exif: bytes | None, icc: bytes | None) -> byt
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """16-bit -> 8-bit with rounding (for formats that have no 16-bit variant)."""
+    """8 bits the way MATLAB's ``im2uint8`` does; one conversion for writing and for scoring.
+
+    uint16 -> round(x / 257) (exact in integers); float in [0, 1] -> round(x * 255)
+    after clipping; uint8 unchanged. Used for formats with no 16-bit variant, and by
+    :mod:`derain_cli.metrics`, where output and reference must be converted alike.
+    """
+    img = np.asarray(img)
     if img.dtype == np.uint8:
         return img
-    return ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if img.dtype == np.uint16:
+        return ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        return np.floor(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ImageError(f"cannot convert images of type {img.dtype} to 8 bits (expected uint8, uint16 or float)")
 
 
 def _planes(photo: Photo, keep_alpha: bool) -> np.ndarray:

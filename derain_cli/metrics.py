@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ImageError
+from .imageio import to_uint8  # scoring converts to 8 bits as writing does
 
 #: MATLAB ``rgb2ycbcr`` luma row for 8-bit RGB (ITU-R BT.601, studio swing).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
@@ -28,23 +29,6 @@ SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 PEAK = 255.0
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Bring an image to 8 bits the way MATLAB's ``im2uint8`` does.
-
-    uint16 -> round(x / 257); float in [0, 1] -> round(x * 255) after clipping;
-    uint8 unchanged. Output and reference must go through the same conversion,
-    which is why scoring never reads images any other way.
-    """
-    img = np.asarray(img)
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.uint16:
-        return np.floor(img.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
-    if np.issubdtype(img.dtype, np.floating):
-        return np.floor(np.clip(img.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise ImageError(f"cannot score images of type {img.dtype} (expected uint8, uint16 or float)")
 
 
 def _colour(img: np.ndarray) -> np.ndarray:

@@ -85,6 +85,16 @@ def test_16bit_is_scaled_like_im2uint8():
     assert metrics.to_uint8(np.array([32896], np.uint16))[0] == 128  # 128 * 257
 
 
+def test_scoring_and_writing_share_one_8_bit_conversion():
+    """One to_uint8 (imageio's): its integer formula is round(x / 257) for every 16-bit value."""
+    from derain_cli import imageio
+
+    assert metrics.to_uint8 is imageio.to_uint8
+    every = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(imageio.to_uint8(every), np.floor(every / 257.0 + 0.5).astype(np.uint8))
+    assert np.array_equal(imageio.to_uint8(np.array([-0.1, 0.5, 0.502, 1.2], np.float32)), [0, 128, 128, 255])
+
+
 def test_gray_images():
     rainy, clean = make_rainy_pair(30, 30, seed=4)
     g_r, g_c = rainy[:, :, 1], clean[:, :, 1]
