@@ -22,10 +22,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .devices import Notify, free_memory, is_out_of_memory, release_memory, say
 from .errors import DerainError
+from .models.common import pad_to_multiple as _pad
 
 #: ``fn`` maps a ``1 x 3 x h x w`` float32 tensor in [0, 1] (h, w multiples of
 #: ``size_multiple``) to a tensor of the same shape. With ``origin=True`` it is also
@@ -93,13 +93,8 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[S
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Reflect-pad bottom/right up to a multiple (replicate when the side is too short to reflect)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not (ph or pw):
-        return x
-    mode = "reflect" if (ph < h and pw < w) else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+    """Reflect-pad bottom/right up to a multiple (replicate when too short): the output keeps the tile's origin."""
+    return _pad(x, multiple, centre=False)[0]
 
 
 def _scale_of(dtype: np.dtype) -> float:

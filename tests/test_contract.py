@@ -91,6 +91,21 @@ def test_state_dict_round_trip_gives_an_identical_forward(name, tmp_path):
         assert torch.equal(a.process_tensor(x), b.process_tensor(x)), name
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_training_validation_scores_what_derain_run_writes(name):
+    """engine.validate goes through the inference path of ``derain run`` (Derainer), not a copy of it."""
+    from derain_cli.metrics import psnr_y
+    from derain_cli.train.engine import validate
+
+    spec, bundle = _bundle(name)
+    pairs = [make_rainy_pair(29, 37, seed=s) for s in (3, 4)]
+    rainy, clean = [p[0] for p in pairs], [p[1] for p in pairs]
+    variant = spec.recipe.val_variant if spec.recipe.val_variant in spec.variants else spec.variants[0]
+    d = Derainer(spec, {}, spec.derain_net(bundle, variant).eval(), torch.device("cpu"))
+    expected = np.mean([psnr_y(d.process(r, tile=0), c) for r, c in zip(rainy, clean)])
+    assert validate(spec, bundle, variant, (rainy, clean), "cpu") == pytest.approx(expected, abs=1e-9)
+
+
 def _batch(mode: str, n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
     """A batch of the mode's keys: synthetic pairs, and other scenes as the "real" rain."""
     def stack(arrays):

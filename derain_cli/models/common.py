@@ -53,19 +53,25 @@ def box_extreme(x: torch.Tensor, size: int, reduce) -> torch.Tensor:
     return out
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Reflect-pad H and W up to a multiple, split between both sides; returns the padded tensor and its box.
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, *, centre: bool = True, mode: str = "reflect"
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad H and W up to a multiple; returns the padded tensor and its box, the one padding helper.
 
-    The box is ``(top, left, h, w)`` for :func:`crop_to_box`. Splitting the padding keeps
-    every border's mirrored band at most half as wide as padding only the bottom/right:
-    on RainTrainL 191-200 that took the shipped dualstage from 36.21 to 36.32 dB
-    (``benchmarks/padding_probe.py``), since the network never sees padding in training.
+    The box is ``(top, left, h, w)`` for :func:`crop_to_box`. ``centre`` splits the padding
+    between both sides: every border's mirrored band is then at most half as wide as padding
+    only the bottom/right; on RainTrainL 191-200 that took the shipped dualstage from 36.21
+    to 36.32 dB (``benchmarks/padding_probe.py``), since the network never sees padding in
+    training. ``centre=False`` pads the bottom/right only (tiles keep their origin; jrgr's
+    shipped weights were scored that way). ``mode="reflect"`` falls back to replicate where a
+    side is too short to mirror; ``mode="replicate"`` always replicates.
     """
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
-    top, left = ph // 2, pw // 2
+    top, left = (ph // 2, pw // 2) if centre else (0, 0)
     if ph or pw:
-        mode = "reflect" if (ph - top < h and pw - left < w) else "replicate"
+        if mode == "reflect" and not (ph - top < h and pw - left < w):
+            mode = "replicate"
         x = F.pad(x, (left, pw - left, top, ph - top), mode=mode)
     return x, (top, left, h, w)
 

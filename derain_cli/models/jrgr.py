@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
+from .common import crop_to_box, pad_to_multiple
 
 # ----------------------------------------------------------------------------- networks
 
@@ -231,23 +232,14 @@ def build_discriminators(config: dict[str, Any]) -> nn.ModuleDict:
 # ----------------------------------------------------------------------------- inference
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Replicate-pad the bottom/right so both sides divide ``multiple`` (works for any size)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x, h, w
-
-
 def decompose(remover: UNetRemover, rainy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a rainy image into (background, rain layer) with rain = rainy - background.
 
     Any image size is accepted: the input is padded to the U-Net's multiple and the
     background cropped back, then the rain layer is the exact remainder.
     """
-    padded, h, w = pad_to_multiple(rainy, 2 ** len(remover.downs))
-    background = remover(padded)[..., :h, :w]
+    padded, box = pad_to_multiple(rainy, 2 ** len(remover.downs), centre=False, mode="replicate")
+    background = crop_to_box(remover(padded), box)
     return background, rainy - background
 
 
@@ -313,8 +305,8 @@ class RealRainRenderer(nn.Module):
         rain = synthetic_rain_layer(tuple(clean.shape), seed=cfg["rain_seed"], density=cfg["rain_density"],
                                     length=cfg["rain_length"], angle=cfg["rain_angle"],
                                     strength=cfg["rain_strength"], device=clean.device).to(clean.dtype)
-        padded, h, w = pad_to_multiple(rain, 4)
-        real_rain = self.translator(padded)[..., :h, :w]
+        padded, box = pad_to_multiple(rain, 4, centre=False, mode="replicate")
+        real_rain = crop_to_box(self.translator(padded), box)
         return (clean + real_rain).clamp(-1.0, 1.0)
 
 

@@ -108,26 +108,28 @@ def _update_ema(ema, model, decay: float) -> None:
 
 
 def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.ndarray]], device) -> float:
-    """Mean Y-channel PSNR of the derained validation images (whole-image inference)."""
+    """Mean Y-channel PSNR of the derained validation images, through ``derain run``'s inference path.
+
+    Whole images via ``Derainer.process_tensor`` (padding, input range, clamping) and
+    ``tiling.from_unit`` (rounding), so the score is that of what ``derain run`` would write.
+    A NaN/Inf output scores NaN: a diverging run is logged as such and keeps its best export.
+    """
+    from ..api import Derainer
     from ..metrics import psnr_y
+    from ..tiling import from_unit, unit_tensor
 
     net = spec.derain_net(bundle, variant)
     was_training = net.training
     net.eval()
-    lo, hi = spec.input_range
-    m = spec.size_multiple
+    derainer = Derainer(spec, {}, net, torch.device(device))
     scores = []
-    with torch.inference_mode():
-        for rainy, clean in zip(*pairs):
-            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].float().div(255).to(device)
-            h, w = x.shape[-2:]
-            ph, pw = (-h) % m, (-w) % m
-            if ph or pw:
-                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-            y = net(x * (hi - lo) + lo)
-            y = ((y - lo) / (hi - lo))[..., :h, :w].clamp(0, 1)
-            out = (y[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
-            scores.append(psnr_y(out, clean))
+    for rainy, clean in zip(*pairs):
+        try:
+            y = derainer.process_tensor(unit_tensor(rainy))
+        except DerainError:  # non-finite output (process_tensor refuses it)
+            scores.append(float("nan"))
+            continue
+        scores.append(psnr_y(from_unit(y[0].permute(1, 2, 0).cpu().numpy(), np.uint8), clean))
     net.train(was_training)
     return float(np.mean(scores))
 
