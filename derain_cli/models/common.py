@@ -1,6 +1,8 @@
 """Building blocks and losses shared by several architectures."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,11 +85,43 @@ def crop_to_box(y: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor
 
 
 class ResBlock(nn.Module):
-    """conv-act-conv with a residual link."""
+    """conv-act-conv with a residual link; ``act`` makes the activation (GELU, rainfog's LeakyReLU(0.2)).
 
-    def __init__(self, ch: int):
+    The activation has no parameters, so every user's state-dict keys are ``body.0`` and ``body.2``.
+    """
+
+    def __init__(self, ch: int, act: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.Conv2d(ch, ch, 3, padding=1))
+        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), act(), nn.Conv2d(ch, ch, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``batch``, ``instance`` (no affine, no running statistics, as in CycleGAN and CUT) or ``none``."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (batch, instance or none)")
+
+
+class ReflectResBlock(nn.Module):
+    """CycleGAN's ResnetBlock: two reflect-padded 3x3 convs, each normalised, ReLU between, identity shortcut.
+
+    Shared by dcdgan's and jrgr's generators (keys ``body.1``, ``body.5`` and, for BatchNorm,
+    ``body.2``, ``body.6``). The convs have no bias before BatchNorm, which would cancel it.
+    """
+
+    def __init__(self, ch: int, norm: str = "instance"):
+        super().__init__()
+        bias = norm != "batch"
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=bias), norm_layer(norm, ch), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=bias), norm_layer(norm, ch))
 
     def forward(self, x):
         return x + self.body(x)

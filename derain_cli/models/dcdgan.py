@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from ..registry import ModelSpec
 from ..synth import rain_mix_layers
 from ..train.recipe import Recipe
+from .common import ReflectResBlock, norm_layer
 
 # ---------------------------------------------------------------------------
 # anti-aliased resampling (Zhang 2019, "Making convolutional networks shift-invariant again")
@@ -112,21 +113,7 @@ class BlurUpsample(nn.Module):
 
 
 def _instance_norm(channels: int) -> nn.Module:
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-
-
-class ResidualBlock(nn.Module):
-    """Two reflect-padded 3x3 convolutions with InstanceNorm and an identity shortcut."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _instance_norm(channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _instance_norm(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    return norm_layer("instance", channels)
 
 
 #: How much of a residual of the wrong sign ``additive_rain`` lets through.
@@ -157,7 +144,7 @@ class ResnetGenerator(nn.Module):
         for _ in range(n_downsampling):
             layers += [nn.Conv2d(ch, ch * 2, 3, padding=1), _instance_norm(ch * 2), nn.ReLU(True), BlurDownsample(ch * 2)]
             ch *= 2
-        layers += [ResidualBlock(ch) for _ in range(n_blocks)]
+        layers += [ReflectResBlock(ch, "instance") for _ in range(n_blocks)]
         for _ in range(n_downsampling):
             layers += [BlurUpsample(ch), nn.Conv2d(ch, ch // 2, 3, padding=1), _instance_norm(ch // 2), nn.ReLU(True)]
             ch //= 2

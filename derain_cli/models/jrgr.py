@@ -42,19 +42,11 @@ import torch.nn.functional as F
 
 from ..registry import ModelSpec
 from ..train.recipe import Recipe
-from .common import crop_to_box, pad_to_multiple
+from .common import ReflectResBlock, crop_to_box, norm_layer, pad_to_multiple
 
 # ----------------------------------------------------------------------------- networks
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r} (batch, instance or none)")
 
 
 class UNetRemover(nn.Module):
@@ -79,7 +71,7 @@ class UNetRemover(nn.Module):
             layers: list[nn.Module] = [] if i == 0 else [nn.LeakyReLU(0.2)]
             layers.append(nn.Conv2d(cin, widths[i], 4, 2, 1, bias=(norm != "batch")))
             if 0 < i < downs - 1:  # no norm on the outermost input nor the 1x1 bottleneck
-                layers.append(_norm(norm, widths[i]))
+                layers.append(norm_layer(norm, widths[i]))
             self.downs.append(nn.Sequential(*layers))
         for i in reversed(range(downs)):
             cin = widths[i] if i == downs - 1 else 2 * widths[i]
@@ -88,7 +80,7 @@ class UNetRemover(nn.Module):
             else:
                 self.ups.append(nn.Sequential(
                     nn.ReLU(), nn.ConvTranspose2d(cin, widths[i - 1], 4, 2, 1, bias=(norm != "batch")),
-                    _norm(norm, widths[i - 1])))
+                    norm_layer(norm, widths[i - 1])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -101,17 +93,6 @@ class UNetRemover(nn.Module):
             h = torch.cat([skips.pop(), up(h)], 1)
         out = self.ups[-1](h)
         return x + out if self.residual else torch.tanh(out)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, ch: int, norm: str):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=(norm != "batch")), _norm(norm, ch), nn.ReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3, bias=(norm != "batch")), _norm(norm, ch))
-
-    def forward(self, x):
-        return x + self.body(x)
 
 
 class ResNetTranslator(nn.Module):
@@ -127,14 +108,14 @@ class ResNetTranslator(nn.Module):
         super().__init__()
         self.residual = residual
         bias = norm != "batch"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, bias=bias), _norm(norm, ngf), nn.ReLU()]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU()]
         for i in range(2):
             c = ngf * 2 ** i
-            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), _norm(norm, 2 * c), nn.ReLU()]
-        layers += [_ResBlock(ngf * 4, norm) for _ in range(blocks)]
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm_layer(norm, 2 * c), nn.ReLU()]
+        layers += [ReflectResBlock(ngf * 4, norm) for _ in range(blocks)]
         for i in range(2):
             c = ngf * 4 // 2 ** i
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), _norm(norm, c // 2), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, c // 2), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 

@@ -42,6 +42,7 @@ from torch import nn
 from ..registry import ModelSpec
 from ..synth import FOG_BETA, degrade, rain_mix_layers, render_rain, restore
 from ..train.recipe import Recipe
+from . import common
 from .common import box_extreme, charbonnier, crop_to_box, pad_to_multiple
 
 T_MIN = 0.08
@@ -49,13 +50,9 @@ T_MIN = 0.08
 
 # ---------------------------------------------------------------------------------------------
 # building blocks
-class ResBlock(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2, True), nn.Conv2d(ch, ch, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.body(x)
+def ResBlock(ch: int) -> nn.Module:
+    """The shared conv-act-conv residual block with rainfog's LeakyReLU(0.2) (keys ``body.0``, ``body.2``)."""
+    return common.ResBlock(ch, act=lambda: nn.LeakyReLU(0.2, True))
 
 
 class LocalAttention(nn.Module):
