@@ -12,6 +12,7 @@ from torch import nn
 
 from derain_cli.registry import ModelSpec
 from derain_cli.weightfile import save_weights
+from tiny_configs import TINY as TINY_CONFIGS  # every architecture, small (tiling, ONNX tests)
 
 
 class TinyConv(nn.Module):
@@ -105,19 +106,6 @@ def make_spec(name: str = "tinytest", kind: str = "conv", **fields) -> ModelSpec
         base.update(tile_safe=False, min_tile=96, tile_margin=16)
     base.update(fields)
     return ModelSpec(**base)
-
-
-#: Small configs of every registered architecture (overrides of its default preset), for tests
-#: that run each one: tiling, ONNX export.
-TINY_CONFIGS: dict[str, dict] = {
-    "dualstage": dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
-                      kmeans_iters=2, fullres_blocks=1, fullres_width=4),
-    "semimsn": dict(channels=4, units=1, cclb_depth=1, fullres_blocks=1, fullres_width=4),
-    "dcdgan": dict(ngf=4, n_blocks=1, ndf=8, n_downsampling=2),
-    "jrgr": dict(unet_ngf=4, unet_downs=3, trans_ngf=4, trans_blocks=1, disc_ndf=8, disc_layers=2),
-    "rainfog": dict(ext_width=4, local_blocks=1, global_blocks=1, attn_tokens=64, width=4, blocks=1,
-                    gen_width=4, gen_blocks=1, disc_width=4),
-}
 
 
 def tiny_net(name: str, seed: int = 0):
