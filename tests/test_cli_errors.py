@@ -5,25 +5,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from clirun import derain
-from tiny_spec import install, make_spec, save_random_weights
+from tiny_spec import installed_tiny_weights, write_random_image
 
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    spec = make_spec()
-    install(monkeypatch, spec)
-    return save_random_weights(spec, tmp_path / "tiny.safetensors")
+    return installed_tiny_weights(tmp_path, monkeypatch)
 
 
 def _png(path: Path) -> Path:
-    rgb = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
-    path.write_bytes(cv2.imencode(path.suffix, rgb)[1].tobytes())
-    return path
+    return write_random_image(path, 20, 24)
 
 
 def _usage_lines(err: str) -> list[str]:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,22 +12,18 @@ from clirun import derain
 from derain_cli.api import Derainer, load_model
 from derain_cli.errors import DerainError, WeightsError
 from derain_cli.weightfile import load_weights
-from tiny_spec import install, make_spec, save_random_weights
+from tiny_spec import installed_tiny_weights, write_random_image
 
 BUNDLED = Path(__file__).resolve().parents[1] / "derain_cli" / "data" / "weights"
 
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    spec = make_spec()
-    install(monkeypatch, spec)
-    return save_random_weights(spec, tmp_path / "tiny.safetensors")
+    return installed_tiny_weights(tmp_path, monkeypatch)
 
 
 def _png(path: Path) -> Path:
-    rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
-    path.write_bytes(cv2.imencode(path.suffix, rgb)[1].tobytes())
-    return path
+    return write_random_image(path, 24, 32)
 
 
 def _poisoned_copy(src: Path, dst: Path, value: float) -> str:

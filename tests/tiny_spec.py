@@ -152,3 +152,20 @@ def install(monkeypatch, spec: ModelSpec) -> None:
     module.SPEC = spec
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(registry, "MODEL_NAMES", registry.MODEL_NAMES + (spec.name,))
+
+
+def installed_tiny_weights(tmp_path: Path, monkeypatch) -> Path:
+    """Register the tiny test model and save random weights for it: the body of a ``tiny`` fixture."""
+    spec = make_spec()
+    install(monkeypatch, spec)
+    return save_random_weights(spec, tmp_path / "tiny.safetensors")
+
+
+def write_random_image(path: Path, h: int = 24, w: int = 32) -> Path:
+    """A seeded random RGB image in the format ``path``'s suffix names."""
+    import cv2
+    import numpy as np
+
+    rgb = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    path.write_bytes(cv2.imencode(path.suffix, rgb)[1].tobytes())
+    return path
