@@ -28,6 +28,8 @@ from ..registry import get_spec
 from ..weightfile import load_weights, save_weights
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import build_sampler, load_paired
+from .resume import checkpoint_dir, run_state
+from .resume import jsonable as _jsonable
 
 
 @dataclass
@@ -142,14 +144,7 @@ SAVED_FIELDS = ("model", "mode", "folders", "preset", "overrides", "patch", "bat
 
 def saved_options(opts: TrainOptions) -> dict[str, Any]:
     """The run's options as JSON values (paths as strings, tuples as lists)."""
-    def plain(v):
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        return v
-
-    return {name: plain(getattr(opts, name)) for name in SAVED_FIELDS}
+    return {name: _jsonable(getattr(opts, name)) for name in SAVED_FIELDS}
 
 
 def load_val_sets(val: tuple[str, str] | None, folders: list[str]) -> dict[str, tuple[list, list]]:
@@ -191,12 +186,8 @@ def train(opts: TrainOptions) -> TrainResult:
     resume_dir = None
     inherited_tasks: set[str] = set()
     if opts.resume is not None:
-        resume_dir = Path(opts.resume)
-        if (resume_dir / "last").is_dir():
-            resume_dir = resume_dir / "last"
-        if not (resume_dir / "state.json").is_file():
-            raise DerainError(f"nothing to resume in {opts.resume} (no checkpoint found)")
-        saved = json.loads((resume_dir / "state.json").read_text())["extra"]
+        resume_dir = checkpoint_dir(Path(opts.resume))
+        saved = run_state(Path(opts.resume))
         config = saved["config"]
         inherited_tasks = set(saved.get("tasks") or ())
     elif opts.init is not None:
@@ -460,18 +451,6 @@ def _make_progress(enabled: bool):
     )
 
 
-def _jsonable(obj):
-    if isinstance(obj, tuple):
-        return [_jsonable(o) for o in obj]
-    if isinstance(obj, list):
-        return [_jsonable(o) for o in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def _to_tuple(obj):
     if isinstance(obj, list):
         return tuple(_to_tuple(o) for o in obj)
@@ -482,10 +461,10 @@ def export_checkpoint(run_dir: Path, out_file: Path, use_ema: bool = True) -> Pa
     """Write an inference weights file from a run folder's last checkpoint (``derain export``)."""
     from safetensors.torch import load_file
 
-    ckpt = Path(run_dir) / "last" if (Path(run_dir) / "last").is_dir() else Path(run_dir)
+    ckpt = checkpoint_dir(Path(run_dir))
     if not (ckpt / "state.json").is_file():
         raise DerainError(f"no checkpoint in {run_dir}")
-    extra = json.loads((ckpt / "state.json").read_text())["extra"]
+    extra = run_state(Path(run_dir))
     spec = get_spec(extra["model"])
     recipe = spec.recipe(spec, extra["config"], extra["mode"], **extra.get("recipe_options", {}))
     tensors = load_file(str(ckpt / "state.safetensors"))

@@ -21,9 +21,15 @@ DATA_FLAGS = {"paired": "paired", "unpaired": "unpaired", "semi": "semi"}
 _RENDER_KEYS = {"render": "folders", "render_ratio": "ratio", "render_mix": "mix", "streaks": "streaks"}
 
 
+def checkpoint_dir(resume: Path) -> Path:
+    """The checkpoint folder of ``--resume``: ``RUN_DIR/last``, or the folder itself when it is one."""
+    resume = Path(resume)
+    return resume / "last" if (resume / "last").is_dir() else resume
+
+
 def run_state(resume: Path) -> dict[str, Any]:
     """The ``extra`` record of a run folder's last checkpoint (``RUN_DIR`` or ``RUN_DIR/last``)."""
-    ckpt = resume / "last" if (resume / "last").is_dir() else resume
+    ckpt = checkpoint_dir(resume)
     try:
         return json.loads((ckpt / "state.json").read_text())["extra"]
     except FileNotFoundError:
@@ -36,21 +42,32 @@ def _flag(name: str) -> str:
     return "--" + {"sets": "set", "val_sets": "val-set"}.get(name, name).replace("_", "-")
 
 
-def _plain(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` as JSON keeps it: paths as strings, tuples as lists, numpy arrays and integers as Python ones.
+
+    The checkpoint stores options and generator states this way, and a resume compares
+    command-line values with the stored ones in the same form.
+    """
+    import numpy as np
+
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.integer):
+        return int(v)
     return v
 
 
 def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any, Any]:
     """What the folder says and what the command line says, in the same form."""
     if name in DATA_FLAGS:
-        return [saved["mode"], saved["folders"]], [DATA_FLAGS[name], _plain(value)]
+        return [saved["mode"], saved["folders"]], [DATA_FLAGS[name], jsonable(value)]
     if name in _RENDER_KEYS:
         key = _RENDER_KEYS[name]
-        given = _plain(value)
+        given = jsonable(value)
         if name == "render_mix":
             from ..rainrender import parse_mix
 
@@ -58,7 +75,7 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
         return (saved.get("render") or {}).get(key), given
     if name == "stage":
         return saved["recipe_options"].get("stage"), value
-    return saved.get(name), _plain(value)
+    return saved.get(name), jsonable(value)
 
 
 def check_against_run(params: dict[str, Any], explicit: set[str], saved: dict[str, Any]) -> None:
