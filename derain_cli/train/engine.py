@@ -27,6 +27,7 @@ from ..errors import DerainError
 from ..registry import get_spec
 from ..weightfile import load_weights, save_weights
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import wrap_nets
 from .data import build_sampler, load_paired
 from .resume import checkpoint_dir, run_state
 from .resume import jsonable as _jsonable
@@ -233,26 +234,14 @@ def train(opts: TrainOptions) -> TrainResult:
             say(f"{len(missing)} tensors not in {opts.init} start from their initialisation (grown model)")
 
     raw_nets = dict(recipe.nets)
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # A recipe may list the bundle beside its own sub-networks (G_A, G_B, ...): wrap each
-        # parameter once, preferring the finer-grained entries the recipe calls directly.
-        others = {id(p) for n, m in recipe.nets.items() if n != "bundle" for p in m.parameters()}
-        for name, net in list(recipe.nets.items()):
-            params = list(net.parameters())
-            if name == "bundle" and any(id(p) in others for p in params):
-                continue
-            if any(p.requires_grad for p in params):
-                recipe.nets[name] = DDP(net, find_unused_parameters=True,
-                                        device_ids=[device.index] if device.type == "cuda" else None)
-
     n_images = len(next(iter(sampler.sources.values()))) or len(sampler.render.images)
     total = _total_steps(opts, n_images, world)
     if resume_dir is not None and not opts.steps and not opts.epochs:
         total = saved.get("total_steps", total)
     requested = total  # what a time budget may shrink, and early on grow back to
     recipe.setup(total)
+    if distributed:
+        wrap_nets(recipe, device)
     ema = None
     if opts.ema > 0:
         ema = copy.deepcopy(recipe.bundle).eval()
