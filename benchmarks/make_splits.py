@@ -1,0 +1,71 @@
+"""Make the training and validation folders that weights.toml's commands name (``runs/data/...``).
+
+The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--data``), never copies:
+
+- ``rl_split/train`` = RainTrainL pairs 001-190, ``rl_split/val`` = 191-200 (held out);
+- ``val/rl_heldout`` = the same 191-200;
+- ``val/{jorder_heavy,sirr_val,rain13k_sample}`` = every 2nd pair of dev_foreign_rain in numeric order
+  (rain13k_sample: of the pairs up to 1024 px on the long side), for choosing checkpoints only;
+- ``real_rain/train`` = 90 of the 100 real rainy photos, ``real_rain/check`` = 10.jpg, 20.jpg ... 100.jpg
+  (never trained on: a visual check set).
+
+Usage: ``python benchmarks/make_splits.py [--data DIR] [--out runs/data]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from PIL import Image
+
+
+def numeric(path: Path) -> tuple[int, str]:
+    """Sort key: the last number in the stem, so 2.png comes before 10.png."""
+    found = re.findall(r"\d+", path.stem)
+    return (int(found[-1]) if found else -1, path.name)
+
+
+def link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    dst.symlink_to(src.resolve())
+
+
+def link_pairs(root: Path, names: list[str], out: Path) -> None:
+    for name in names:
+        for side in ("rainy", "clean"):
+            link(root / side / name, out / side / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=os.environ.get("DERAIN_DATA"),
+                        help="the research data folder (default: $DERAIN_DATA)")
+    parser.add_argument("--out", type=Path, default=Path("runs/data"))
+    args = parser.parse_args()
+    if args.data is None:
+        raise SystemExit("give --data DIR or set DERAIN_DATA")
+    rl = args.data / "rain100l" / "train"
+    names = sorted((p.name for p in (rl / "rainy").iterdir()), key=lambda n: numeric(Path(n)))
+    link_pairs(rl, names[:190], args.out / "rl_split" / "train")
+    link_pairs(rl, names[190:], args.out / "rl_split" / "val")
+    link_pairs(rl, names[190:], args.out / "val" / "rl_heldout")
+    for dev in ("jorder_heavy", "sirr_val", "rain13k_sample"):
+        root = args.data / "dev_foreign_rain" / dev
+        files = sorted((root / "rainy").iterdir(), key=numeric)
+        files = [f for f in files if max(Image.open(f).size) <= 1024]
+        link_pairs(root, [f.name for f in files[::2]], args.out / "val" / dev)
+    real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)
+    real = [f for f in real if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    for f in real:
+        part = "check" if numeric(f)[0] % 10 == 0 else "train"
+        link(f, args.out / "real_rain" / part / f.name)
+    for sub in sorted(p for p in args.out.rglob("*") if p.is_dir() and not any(q.is_dir() for q in p.iterdir())):
+        print(f"{sub}: {sum(1 for _ in sub.iterdir())} files")
+
+
+if __name__ == "__main__":
+    main()
