@@ -7,7 +7,11 @@ The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--
 - ``val/{jorder_heavy,sirr_val,rain13k_sample}`` = every 2nd pair of dev_foreign_rain in numeric order
   (rain13k_sample: of the pairs up to 1024 px on the long side), for choosing checkpoints only;
 - ``real_rain/train`` = 90 of the 100 real rainy photos, ``real_rain/check`` = 10.jpg, 20.jpg ... 100.jpg
-  (never trained on: a visual check set).
+  (never trained on: a visual check set);
+- ``jrgr/{train,val}`` = RainTrainL 001-195 / 196-200 (the jrgr.rain100l recipe);
+- ``dcdgan/clean`` = clean 001-100, ``dcdgan/rainy`` = rainy 101-190, ``dcdgan/val`` = pairs 191-200;
+- ``rainfog/clean`` = clean 001-100, ``rainfog/rainy`` = rainy 151-190, ``rainfog/val`` = pairs 191-200 and
+  ``rainfog/fog_source`` = rainy 101-150, to be fogged into ``rainfog/rainy`` (recipes/rainfog-rain100l.toml).
 
 Usage: ``python benchmarks/make_splits.py [--data DIR] [--out runs/data]``.
 """
@@ -53,6 +57,16 @@ def main() -> None:
     link_pairs(rl, names[:190], args.out / "rl_split" / "train")
     link_pairs(rl, names[190:], args.out / "rl_split" / "val")
     link_pairs(rl, names[190:], args.out / "val" / "rl_heldout")
+    link_pairs(rl, names[:195], args.out / "jrgr" / "train")
+    link_pairs(rl, names[195:], args.out / "jrgr" / "val")
+    for arch, rainy in (("dcdgan", names[100:190]), ("rainfog", names[150:190])):
+        for name in names[:100]:
+            link(rl / "clean" / name, args.out / arch / "clean" / name)
+        for name in rainy:
+            link(rl / "rainy" / name, args.out / arch / "rainy" / name)
+        link_pairs(rl, names[190:], args.out / arch / "val")
+    for name in names[100:150]:
+        link(rl / "rainy" / name, args.out / "rainfog" / "fog_source" / name)
     for dev in ("jorder_heavy", "sirr_val", "rain13k_sample"):
         root = args.data / "dev_foreign_rain" / dev
         files = sorted((root / "rainy").iterdir(), key=numeric)

@@ -47,10 +47,11 @@ _REQUIRED = {
     "config": dict,
     "trained_on": str,
     "steps": int,
-    "command": str,
+    "recipe": str,
 }
 _HUB_FIELDS = ("repo_id", "revision", "filename")
-_OPTIONAL = {"model": str, "summary": str, "metrics": dict, "tasks": list, "default": bool,
+_OPTIONAL = {"model": str, "summary": str, "metrics": dict, "tasks": list, "default": bool, "parent": str,
+             "lineage": list,
              **{k: str for k in _HUB_FIELDS}}
 
 
@@ -67,7 +68,8 @@ class WeightsEntry:
     config: dict[str, Any]
     trained_on: str
     steps: int
-    command: str
+    #: The recipe file (``recipes/MODEL-TAG.toml``) of the run that made the file.
+    recipe: str
     summary: str = ""
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: What these weights were trained to do (``derain``, ``rainify``); None = all the model can.
@@ -77,6 +79,10 @@ class WeightsEntry:
     filename: str | None = None
     #: The weights a bare ``--model NAME`` means (one per architecture; else its first entry).
     default: bool = False
+    #: sha256 of the weights the last run started from, when they are another entry.
+    parent: str | None = None
+    #: One short line per earlier run or step that led to these weights, oldest first.
+    lineage: list[str] = field(default_factory=list)
 
     @property
     def tag(self) -> str:
@@ -130,8 +136,13 @@ def _parse_entry(name: str, table: Any, where: Path) -> WeightsEntry:
         raise bad(f"model {model!r} is not registered (known: {', '.join(MODEL_NAMES)})")
     if "." in name and name.partition(".")[0] != model:
         raise bad(f"a tagged entry is named MODEL.TAG, but its model is {model!r}")
-    if not _HEX64.fullmatch(table["sha256"]):
-        raise bad("sha256 must be 64 lowercase hex digits")
+    for key in ("sha256", "parent"):
+        if key in table and not _HEX64.fullmatch(table[key]):
+            raise bad(f"{key} must be 64 lowercase hex digits")
+    if not all(isinstance(x, str) and x for x in table.get("lineage", [])):
+        raise bad("lineage must be a list of non-empty strings")
+    if not table["recipe"].endswith(".toml") or Path(table["recipe"]).is_absolute():
+        raise bad("recipe must be a relative path to a .toml recipe file")
     if "/" in table["file"] or "\\" in table["file"] or not table["file"].endswith(".safetensors"):
         raise bad("file must be a bare .safetensors file name")
     hub = [k for k in _HUB_FIELDS if k in table]
@@ -158,10 +169,16 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, WeightsEnt
     """All entries of weights.toml (``path`` or :func:`toml_path`), in file order."""
     where = Path(path) if path is not None else toml_path()
     try:
-        with open(where, "rb") as f:
-            data = tomllib.load(f)
+        text = where.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise WeightsError(f"weights registry not found: {where}") from None
+    return load_registry_text(text, where)
+
+
+def load_registry_text(text: str, where: Path) -> dict[str, WeightsEntry]:
+    """The entries of weights.toml's text (``where`` names it in errors), validated."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise WeightsError(f"{where}: invalid TOML ({exc})") from None
     entries = {name: _parse_entry(name, table, where) for name, table in data.items()}

@@ -24,7 +24,7 @@ preset = "tiny"
 config = {{ c = 4 }}
 trained_on = "random tensors for tests (research use only)"
 steps = 1
-command = "pytest tests/test_tags.py"
+recipe = "recipes/test.toml"
 {'default = true' if default else ''}
 
 ["{name}".metrics.rain100l]

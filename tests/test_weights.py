@@ -39,7 +39,7 @@ preset = "tiny"
 config = {config}
 trained_on = "random tensors for tests (research use only)"
 steps = 1
-command = "pytest tests/test_weights.py"
+recipe = "recipes/test.toml"
 {extra}
 """
     if hub:

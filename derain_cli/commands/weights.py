@@ -1,10 +1,11 @@
-"""``derain models`` and ``derain weights list|pull|path``.
+"""``derain models`` and ``derain weights list|pull|path|add``.
 
 ``derain models`` must keep working while an architecture is broken: each model
 is imported on its own and an import or build failure is shown in its row.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
@@ -212,6 +213,28 @@ def weights_path(name: str = typer.Argument(..., help="Entry or model name.")) -
     from .. import weights
 
     print(weights.weights_path(name))
+
+
+@weights_app.command("add")
+def add_weights(
+    file: Path = typer.Argument(..., help="Weights file from `derain export` (its metadata names model and config)."),
+    tag: str = typer.Option(..., "--tag", help="Entry tag: MODEL.TAG, e.g. general."),
+    recipe: str = typer.Option(..., "--recipe", help="The recipe file of the run, e.g. recipes/MODEL-TAG.toml."),
+    trained_on: str = typer.Option(..., "--trained-on", help="Training data and its licence note."),
+    bench: Optional[List[Path]] = typer.Option(None, "--bench", help="A `derain bench --json` report (repeatable)."),
+    parent: Optional[str] = typer.Option(None, "--parent", help="The entry (or sha256) the run started from."),
+    lineage: Optional[List[str]] = typer.Option(None, "--lineage", help="One earlier step, oldest first (repeatable)."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="One line for `derain weights list`."),
+    default: bool = typer.Option(False, "--default", help="Make it the model's default (edit the old one's flag)."),
+) -> None:
+    """Bundle a weights file and write its weights.toml entry from its metadata and bench reports."""
+    from ..weights_add import add_entry
+
+    if not file.is_file():
+        raise WeightsError(f"{file}: no such file")
+    name = add_entry(file, tag, recipe=recipe, trained_on=trained_on, reports=list(bench or []), parent=parent,
+                     lineage=list(lineage or []), summary=summary, default=default)
+    print(f"added [{name}] to weights.toml")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,121 @@
+"""``derain weights add``: a weights.toml entry written from the file and its bench reports.
+
+Everything an entry states is read from where it is true (the file's metadata, its bytes, the
+reports ``derain bench --json`` wrote), so no config or figure is copied by hand.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import WeightsError
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML: strings, numbers, booleans, lists and inline tables (what entries hold)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise WeightsError(f"cannot record a non-finite figure ({value})")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in sorted(value.items()))
+        return "{ " + items + " }" if items else "{}"
+    raise WeightsError(f"cannot write a {type(value).__name__} into weights.toml")
+
+
+def _key(key: str) -> str:
+    return key if _BARE.fullmatch(key) else json.dumps(key)
+
+
+def portable(text: str) -> str:
+    """A recorded command with ``$DERAIN_DATA`` and the working folder in place of machine paths."""
+    data = os.environ.get("DERAIN_DATA")
+    if data:
+        text = text.replace(str(Path(data).resolve()), "$DERAIN_DATA").replace(data.rstrip("/"), "$DERAIN_DATA")
+    return text.replace(str(Path.cwd()) + os.sep, "")
+
+
+def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
+    """(dataset name, metrics table) from one ``derain bench --json`` report of a single model."""
+    try:
+        report = json.loads(path.read_text())
+        results, dataset, command = report["results"], report["dataset"]["name"], report["command"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"--bench {path}: not a derain bench --json report ({exc})") from None
+    if len(results) != 1:
+        raise WeightsError(f"--bench {path}: holds {len(results)} models; bench one --model per report")
+    r = results[0]
+    prefix = "half_" if re.search(r"(^|\s)--half(\s|$)", command) else ""
+    table = {f"{prefix}psnr": round(float(r["psnr_y"]), 2), f"{prefix}ssim": round(float(r["ssim_y"]), 4),
+             f"{prefix}seconds_per_image": round(float(r["seconds_per_image"]), 4),
+             f"{prefix}command": portable(command)}
+    return dataset, table
+
+
+def entry_text(name: str, fields: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> str:
+    """The TOML of one entry and its metrics sub-tables, in weights.toml's layout."""
+    lines = [f'\n["{name}"]'] + [f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None]
+    for dataset, table in metrics.items():
+        lines.append(f'\n["{name}".metrics.{_key(dataset)}]')
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: list[Path],
+              parent: str | None = None, lineage: list[str] | None = None, summary: str | None = None,
+              preset: str | None = None, default: bool = False, toml: Path | None = None) -> str:
+    """Bundle ``file`` as ``MODEL.TAG`` and append its entry to weights.toml; returns the entry name."""
+    from . import weights
+    from .registry import get_spec
+    from .weightfile import read_metadata, sha256_file
+
+    meta = read_metadata(file)
+    model = meta.get("architecture")
+    if not model or "config" not in meta:
+        raise WeightsError(f"{file}: no architecture/config in its metadata; write it with `derain export`")
+    if not _BARE.fullmatch(tag) or "." in tag:
+        raise WeightsError(f"--tag {tag!r}: use letters, digits, '-' or '_'")
+    name, toml = f"{model}.{tag}", toml or weights.toml_path()
+    if name in weights.load_registry(toml):
+        raise WeightsError(f"{toml} already has [{name}]; remove it first to replace it")
+    parent = _parent_sha(parent, weights.load_registry(toml))
+    metrics = dict(metrics_from_report(p) for p in reports)
+    target = weights.BUNDLED_DIR / f"{model}-{tag}.safetensors"
+    if target.exists() and sha256_file(target) != sha256_file(file):
+        raise WeightsError(f"{target} exists with other bytes; it belongs to another entry")
+    fields = {"file": target.name, "sha256": sha256_file(file), "size": file.stat().st_size,
+              "preset": preset or get_spec(model).default_preset, "config": meta["config"],
+              "trained_on": trained_on, "steps": int(meta.get("steps", 0)), "recipe": recipe,
+              "parent": parent, "lineage": lineage or None, "summary": summary, "tasks": meta.get("tasks"),
+              "default": default or None}
+    text = entry_text(name, fields, metrics)
+    weights.load_registry_text(toml.read_text(encoding="utf-8") + text, toml)  # refuse what loading would
+    if not target.exists():
+        shutil.copyfile(file, target)
+    with open(toml, "a", encoding="utf-8") as out:
+        out.write(text)
+    return name
+
+
+def _parent_sha(parent: str | None, entries: dict[str, Any]) -> str | None:
+    """``--parent`` as a sha256: an entry name or a 64-hex digest."""
+    if parent is None or re.fullmatch(r"[0-9a-f]{64}", parent):
+        return parent
+    if parent in entries:
+        return entries[parent].sha256
+    raise WeightsError(f"--parent {parent!r}: give an entry of weights.toml or a sha256")
