@@ -64,24 +64,13 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-register_dataset(DatasetSpec(
-    name="rain100l",
-    title="Rain100L test (original 2017 release, 100 pairs, light rain)",
-    source="Yang et al., Deep Joint Rain Detection and Removal from a Single Image (JORDER), CVPR 2017",
-    pairs=100,
-))
-register_dataset(DatasetSpec(
-    name="rain100h",
-    title="Rain100H test (100 pairs, heavy rain)",
-    source="Yang et al., Deep Joint Rain Detection and Removal from a Single Image (JORDER), CVPR 2017",
-    pairs=100,
-))
-register_dataset(DatasetSpec(
-    name="rain12",
-    title="Rain12 (12 pairs)",
-    source="Li et al., Rain Streak Removal Using Layer Priors, CVPR 2016",
-    pairs=12,
-))
+_JORDER = "Yang et al., Deep Joint Rain Detection and Removal from a Single Image (JORDER), CVPR 2017"
+for _name, _title, _source, _pairs in (
+    ("rain100l", "Rain100L test (original 2017 release, 100 pairs, light rain)", _JORDER, 100),
+    ("rain100h", "Rain100H test (100 pairs, heavy rain)", _JORDER, 100),
+    ("rain12", "Rain12 (12 pairs)", "Li et al., Rain Streak Removal Using Layer Priors, CVPR 2016", 12),
+):
+    register_dataset(DatasetSpec(name=_name, title=_title, source=_source, pairs=_pairs))
 register_dataset(DatasetSpec(
     name="rain100l-fog",
     title="Rain100L test rainy images with synthetic fog (fixed seed), clean targets unchanged",
