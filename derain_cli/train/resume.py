@@ -92,7 +92,7 @@ def check_against_run(params: dict[str, Any], explicit: set[str], saved: dict[st
 
 def resumed_options(params: dict[str, Any], explicit: set[str], resume: Path, command: str):
     """TrainOptions for ``--resume RUN_DIR``: the folder's own, with the ``FREE`` options given applied."""
-    from .engine import TrainOptions
+    from .options import TrainOptions
 
     extra = run_state(resume)
     saved = extra.get("options")
