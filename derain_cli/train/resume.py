@@ -73,6 +73,8 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
 
             given = parse_mix(value)
         return (saved.get("render") or {}).get(key), given
+    if name == "half":  # --half is recorded under its old name
+        return saved.get("bf16"), value
     if name == "stage":
         return saved["recipe_options"].get("stage"), value
     return saved.get(name), jsonable(value)
