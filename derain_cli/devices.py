@@ -160,8 +160,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def bf16_warning(device: torch.device, has_native_bf16: Callable[[], bool] = cpu_has_native_bf16) -> str | None:
-    """The one-line warning ``--bf16`` deserves on a CPU that only emulates bfloat16, else None."""
+    """The one-line warning ``derain train --half`` deserves on a CPU that only emulates bfloat16, else None."""
     if device.type != "cpu" or has_native_bf16():
         return None
-    return ("--bf16 on a CPU without AMX or AVX512-BF16: bfloat16 is emulated there and training "
-            "runs several times slower; drop --bf16 (--channels-last still helps)")
+    return ("--half on a CPU without AMX or AVX512-BF16: bfloat16 is emulated there and training "
+            "runs several times slower; drop --half (--channels-last still helps)")

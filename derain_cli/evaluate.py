@@ -312,6 +312,25 @@ def available_models() -> list[str]:
     return [e.name for n in MODEL_NAMES for e in tagged_entries(n) if weights_status(e.name) in ("bundled", "cached")]
 
 
+def bench_names(model: str, *, weights=None, variant: str | None = None) -> tuple[list[str], list[str]]:
+    """What ``derain bench --model X`` measures: ``(names, skipped)``, skipped = models without weights here.
+
+    ``all`` is every available tag of every model; a single name (or ``NAME.TAG``) is itself.
+    """
+    from .registry import MODEL_NAMES
+
+    if model != "all":
+        if model.partition(".")[0] not in MODEL_NAMES:
+            raise DerainError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)} (or NAME.TAG) or 'all'")
+        return [model], []
+    if weights is not None or variant is not None:
+        raise DerainError("--weights and --variant need a single --model, not 'all'")
+    names = available_models()
+    if not names:
+        raise DerainError("no registered model has weights available; pass --model NAME --weights FILE")
+    return names, [n for n in MODEL_NAMES if not any(x.partition(".")[0] == n for x in names)]
+
+
 def published_figures(dataset: str) -> list[dict[str, Any]]:
     """Published figures for ``dataset`` from ``data/published.toml`` (each with its source)."""
     with open(PUBLISHED_TOML, "rb") as f:

@@ -278,7 +278,7 @@ def test_auto_falls_back_when_cuda_fails_to_initialise(monkeypatch):
 def test_bf16_warning_only_where_bf16_is_emulated():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     warning = devices.bf16_warning(cpu, has_native_bf16=lambda: False)
-    assert warning is not None and "--bf16" in warning and "\n" not in warning
+    assert warning is not None and "--half" in warning and "\n" not in warning
     assert devices.bf16_warning(cpu, has_native_bf16=lambda: True) is None
     assert devices.bf16_warning(gpu, has_native_bf16=lambda: False) is None
     assert isinstance(devices.cpu_has_native_bf16(), bool)  # the real probe runs on any CPU

@@ -16,16 +16,17 @@ from typing import List, Optional
 import typer
 
 from ..errors import DerainError, one_line
+from ..options import device_option, half_option, out_option, threads_option, tile_option
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (default: the best shipped model; see `derain models`).")
 WeightsOpt = typer.Option(None, "--weights", help="Use this .safetensors file instead of the registered weights.")
 VariantOpt = typer.Option(None, "--variant", help="Model variant, for models that have several.")
 CompareOpt = typer.Option(False, "--compare", help="Also write <output>_compare: before | after side by side.")
-TileOpt = typer.Option(0, "--tile", help="Tile size in pixels; 0 = automatic from free memory.")
+TileOpt = tile_option()
 OverlapOpt = typer.Option(None, "--tile-overlap", help="Context pixels around each tile (default: the model's margin).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-HalfOpt = typer.Option(False, "--half", help="bf16/fp16 autocast (GPU, or a CPU with AMX/AVX512-BF16).")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for inference.")
+DeviceOpt = device_option()
+HalfOpt = half_option()
+ThreadsOpt = threads_option()
 QualityOpt = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality.")
 EnsembleOpt = typer.Option(
     False, "--ensemble", help="Average the model over 4 flips of each photo: a little cleaner (+0.2-0.4 dB measured), 4x slower."
@@ -159,9 +160,9 @@ def run_targets(images: List[Path], out: Optional[str]) -> list[Path]:
 
 def run(
     images: List[Path] = typer.Argument(..., help="Photos to derain (JPEG, PNG, TIFF, WebP, BMP, GIF; HEIC with pillow-heif)."),
-    out: Optional[str] = typer.Option(
-        None, "--out", "-o", metavar="PATH",
-        help="Output file (one input), or folder if it exists or ends in /; default: <stem>_derained<suffix> beside each input.",
+    out: Optional[str] = out_option(
+        None, "Output file (one input), or folder if it exists or ends in /; default: <stem>_derained<suffix> beside each input.",
+        metavar="PATH",
     ),
     model: Optional[str] = ModelOpt,
     weights: Optional[Path] = WeightsOpt,
@@ -357,7 +358,7 @@ def _progress():
 
 def batch(
     folder: Path = typer.Argument(..., help="Folder of photos."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; the input's sub-folders are mirrored."),
+    out: Path = out_option(..., "Output folder; the input's sub-folders are mirrored."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: skip them)."),
     pattern: Optional[str] = typer.Option(

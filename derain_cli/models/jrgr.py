@@ -350,6 +350,7 @@ class JRGRRecipe(Recipe):
     """
 
     betas = (0.5, 0.999)
+    recipe_options = {"stage": (int, None, "training stage: 1, 2, or unset (stage 1 then 2, see stage1_fraction)")}
 
     def __init__(self, spec, config, mode, lr=None, **options):
         super().__init__(spec, config, mode, lr=lr, **options)

@@ -16,6 +16,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..errors import DerainError
+
+#: How a declared recipe option is written: ``name -> (type, default, help)``.
+OptionSpec = dict[str, tuple[type, Any, str]]
+
 
 class Recipe:
     """Base class; subclasses fill ``self.nets`` in ``__init__`` and implement ``train_step``.
@@ -30,6 +35,9 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)
     #: Default variant validated during training (see ``ModelSpec.variants``).
     val_variant: str = "default"
+    #: Options of this recipe that are not model config, set with ``derain train --set NAME=VALUE``:
+    #: ``{name: (type, default, help)}``; the values reach ``__init__`` as keyword arguments.
+    recipe_options: OptionSpec = {}
 
     def __init__(self, spec, config: dict[str, Any], mode: str, lr: float | None = None, **options: Any):
         self.spec = spec
@@ -106,3 +114,50 @@ class Recipe:
         for net in nets:
             for p in net.parameters():
                 p.requires_grad_(flag)
+
+
+# -- the options a recipe declares, and --set keys ------------------------------------------------
+def declared_options(spec) -> OptionSpec:
+    """The recipe options of ``spec``'s recipe (none when the recipe declares none)."""
+    return dict(getattr(spec.recipe, "recipe_options", None) or {})
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise DerainError(f"--set {name}={value!r}: {name} takes {'an' if kind is int else 'a'} {kind.__name__}")
+
+
+def split_sets(spec, sets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` values as (model config overrides, recipe option values), the latter converted to their type."""
+    declared = declared_options(spec)
+    overrides = {k: v for k, v in sets.items() if k not in declared}
+    options = {k: _convert(k, declared[k][0], v) for k, v in sets.items() if k in declared}
+    return overrides, options
+
+
+def check_recipe_options(spec, values: dict[str, Any]) -> None:
+    """Refuse option values the recipe does not declare (a recipe without declarations takes any)."""
+    declared = declared_options(spec)
+    if not declared and not hasattr(spec.recipe, "recipe_options"):
+        return
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise DerainError(f"{spec.name} has no recipe option {', '.join(unknown)}; "
+                          f"it has: {', '.join(sorted(declared)) or 'none'}")
+    for name, value in values.items():
+        _convert(name, declared[name][0], value)
+
+
+def check_set_keys(spec, config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """One line naming the valid keys when a ``--set`` key is neither a config key nor a recipe option."""
+    unknown = sorted(set(overrides) - set(config))
+    if not unknown:
+        return
+    valid = sorted(config) + sorted(declared_options(spec))
+    raise DerainError(f"unknown --set key{'s' if len(unknown) > 1 else ''} for {spec.name}: {', '.join(unknown)}; "
+                      f"valid keys: {', '.join(valid)}")

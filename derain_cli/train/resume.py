@@ -73,6 +73,8 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
 
             given = parse_mix(value)
         return (saved.get("render") or {}).get(key), given
+    if name == "half":  # --half is recorded under its old name
+        return saved.get("bf16"), value
     if name == "stage":
         return saved["recipe_options"].get("stage"), value
     return saved.get(name), jsonable(value)
@@ -92,7 +94,7 @@ def check_against_run(params: dict[str, Any], explicit: set[str], saved: dict[st
 
 def resumed_options(params: dict[str, Any], explicit: set[str], resume: Path, command: str):
     """TrainOptions for ``--resume RUN_DIR``: the folder's own, with the ``FREE`` options given applied."""
-    from .engine import TrainOptions
+    from .options import TrainOptions
 
     extra = run_state(resume)
     saved = extra.get("options")

@@ -1,0 +1,53 @@
+"""The options several commands share, defined once: name, meaning, default and help.
+
+``run``, ``batch``, ``eval``, ``bench``, ``train`` and ``export`` take these, so a flag
+means the same everywhere: ``--device auto`` is CUDA when it works, else the CPU;
+``--half`` is the one name for reduced precision; ``--tile 0`` is the automatic tile.
+Each function returns a fresh typer option; ``note`` adds what the option means for
+one command (``(with --model)``). Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+#: Default of ``--device`` in every command.
+DEVICE_DEFAULT = "auto"
+DEVICE_HELP = "auto (CUDA when it works, else the CPU), cpu, cuda, cuda:N or mps."
+HALF_HELP = ("Reduced precision: bfloat16 autocast (float16 on GPUs without bf16); on a CPU only with AMX or "
+             "AVX512-BF16, where it is faster.")
+#: Default of ``--tile`` in every command: 0, the automatic tile (the whole image when it fits in memory).
+TILE_DEFAULT = 0
+TILE_HELP = "Tile size in pixels; 0 = automatic from free memory (the whole image when it fits)."
+THREADS_HELP = "CPU threads for torch (default: torch's own choice)."
+
+
+def _with(text: str, note: str) -> str:
+    return f"{text[:-1]} {note}." if note else text
+
+
+def device_option(note: str = "") -> Any:
+    """``--device``: where the model runs."""
+    return typer.Option(DEVICE_DEFAULT, "--device", help=_with(DEVICE_HELP, note))
+
+
+def half_option(note: str = "") -> Any:
+    """``--half``: reduced precision (``derain train`` also takes its old name ``--bf16``)."""
+    return typer.Option(False, "--half", help=_with(HALF_HELP, note))
+
+
+def tile_option(note: str = "") -> Any:
+    """``--tile``: the tile side for inference; 0 lets the memory decide."""
+    return typer.Option(TILE_DEFAULT, "--tile", help=_with(TILE_HELP, note))
+
+
+def threads_option(note: str = "") -> Any:
+    """``--threads``: intra-op CPU threads."""
+    return typer.Option(None, "--threads", help=_with(THREADS_HELP, note))
+
+
+def out_option(default: Any, help: str, *aliases: str, metavar: str | None = None) -> Any:
+    """``-o/--out``: where a command writes (a file, a folder or a run folder: ``help`` says which)."""
+    extra = {"metavar": metavar} if metavar else {}
+    return typer.Option(default, "--out", "-o", *aliases, help=help, **extra)
