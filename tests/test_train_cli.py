@@ -132,3 +132,13 @@ def test_unknown_set_keys_name_the_valid_ones_with_and_without_init(tmp_path, mo
     _one_line(*derain(monkeypatch, capsys, "train", "--model", "jrgr", "--paired", tmp_path / "rainy",
                       tmp_path / "clean", "--patch", "32", "--steps", "1", "-q", "-o", tmp_path / "r2",
                       "--set", "nosuch=1")[::2], "nosuch", "stage")
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_recipe_is_a_valid_train_command(recipe, tmp_path, monkeypatch, capsys, recorded):
+    """weights.toml names these files: each must still parse into a training run of its model."""
+    monkeypatch.setenv("DERAIN_DATA", str(tmp_path / "data"))
+    code, _, err = derain(monkeypatch, capsys, "train", "--recipe", recipe)
+    assert code == 0, err
+    assert recorded[0].model == recipe.stem.partition("-")[0]
