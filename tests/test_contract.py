@@ -15,10 +15,9 @@ For each model, from its tiny config (``tiny_configs.TINY``):
   because the refiners' zero-initialised residual and tail convolutions (two in a row) give
   the layers before them a zero gradient until both have moved. A parameter with no
   ``.grad`` that never moved is one the losses do not reach, or no optimizer owns;
-* under a 2-process gloo DistributedDataParallel run, both ranks end with identical
-  weights in every network of the recipe (one torchrun launch trains each model in turn).
-  dcdgan, rainfog and jrgr do not train under DDP yet: strict xfails (``DDP_BROKEN``) that
-  turn into failures the day they do, so the mark comes off then.
+* under a 2-process gloo torchrun, where each rank trains on its own shard, both ranks end
+  with identical weights and buffers in every network of the recipe (one launch trains each
+  model in turn): the gradients are averaged over the ranks before every optimizer step.
 """
 from __future__ import annotations
 
@@ -219,21 +218,8 @@ def ddp_run(tmp_path_factory) -> Path:
     return root
 
 
-#: Models whose recipes do not train under DistributedDataParallel yet (issue #29), and why.
-DDP_BROKEN = {
-    "dcdgan": "the recipe calls the DDP-wrapped generator bundle several times before one backward "
-              "(DDP: 'Expected to mark a variable ready only once')",
-    "rainfog": "the recipe calls the DDP-wrapped bundle several times before one backward "
-               "(DDP: 'Expected to mark a variable ready only once')",
-    "jrgr": "the recipe indexes its networks (self.nets['bundle']['g1']), which a DDP wrapper does not support",
-}
-
-
 @pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo (and torchrun) not available")
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=DDP_BROKEN[n])) if n in DDP_BROKEN else n
-    for n in MODEL_NAMES
-])
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_two_process_ddp_ends_with_identical_weights(ddp_run, name):
     from safetensors.torch import load_file
 

@@ -417,7 +417,7 @@ class DCDGANRecipe(Recipe):
         loss_D_A = hinge_d_loss(D_A(real_B), D_A(fake_B.detach())) * cfg["lambda_gan"]
         loss_D_B = hinge_d_loss(D_B(real_A), D_B(fake_A.detach())) * cfg["lambda_gan"]
         (loss_D_A + loss_D_B).backward()
-        opt_D.step()
+        self.step_optimizers(opt_D)
 
         # generators and projection heads
         self.set_requires_grad([D_A, D_B], False)
@@ -434,8 +434,7 @@ class DCDGANRecipe(Recipe):
         loss_prior = self._prior(G_A, real_B, step) if cfg.get("w_prior", 0.0) > 0 else torch.zeros((), device=device)
         loss_G = loss_G + loss_prior
         loss_G.backward()
-        opt_G.step()
-        opt_F.step()
+        self.step_optimizers(opt_G, opt_F)
         self.set_requires_grad([D_A, D_B], True)
         terms = {
             "G": loss_G, "G_A": loss_G_A, "G_B": loss_G_B, "NCE1": loss_NCE1, "NCE2": loss_NCE2,

@@ -462,7 +462,7 @@ class JRGRRecipe(Recipe):
         opt.zero_grad(set_to_none=True)
         loss = F.mse_loss(g1(rainy), clean)
         loss.backward()
-        opt.step()
+        self.step_optimizers(opt)
         with torch.no_grad():  # G3 starts stage 2 as a copy of G1
             for a, b in zip(g3.state_dict().values(), g1.state_dict().values()):
                 a.copy_(b)
@@ -522,7 +522,7 @@ class JRGRRecipe(Recipe):
         opt_g = self.optimizers["g"]
         opt_g.zero_grad(set_to_none=True)
         total.backward()
-        opt_g.step()
+        self.step_optimizers(opt_g)
 
         # discriminators (LSGAN, each term halved as in the official code)
         self.set_requires_grad([disc], True)
@@ -537,7 +537,7 @@ class JRGRRecipe(Recipe):
         d_b = sum(d_loss(disc["background"], bs, self.history[h].query(o[k]))
                   for h, k in (("b1", "Bs"), ("b2", "Bs2"), ("b3", "Bt"), ("b4", "Bt2")))
         (d_real + d_syn + d_b).backward()
-        opt_d.step()
+        self.step_optimizers(opt_d)
         terms = {"mse": mse, "gan": gan, "cycle": cycle, "g_total": total, "d_real": d_real, "d_syn": d_syn, "d_b": d_b}
         if anchor is not None:
             terms["anchor"] = anchor

@@ -359,7 +359,7 @@ class RainFogRecipe(Recipe):
             + ((Dr(rainy[:h]) - 1) ** 2).mean() + (Dr(rainified.detach().clamp(0, 1)) ** 2).mean()
         )
         loss_d.backward()
-        opt_d.step()
+        self.step_optimizers(opt_d)
 
         self.set_requires_grad([Dc, Dr], False)
         opt_g = self.optimizers["G"]
@@ -379,7 +379,7 @@ class RainFogRecipe(Recipe):
         }
         loss_g = sum(terms.values())
         loss_g.backward()
-        opt_g.step()
+        self.step_optimizers(opt_g)
         self.set_requires_grad([Dc, Dr], True)
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["G"] = float(loss_g.detach())

@@ -1,26 +1,80 @@
-"""How a recipe's networks are shared across torchrun ranks.
+"""How a recipe's networks stay identical across torchrun ranks.
 
-Kept apart from the engine so that the way gradients are synchronised can
-change without touching the training loop: the engine calls :func:`wrap_nets`
-once, after the recipe's optimizers exist.
+No DistributedDataParallel wrapper: GAN recipes call one network several times
+before a backward, index sub-networks of a bundle and step several optimizers in
+one batch, all of which a DDP wrapper refuses or silently breaks. Instead every
+optimizer update averages its parameters' gradients over the ranks just before
+it steps (:func:`average_gradients`), and the ranks start from rank 0's
+parameters and keep rank 0's buffers (:func:`broadcast_state`), which is what
+DDP itself does. On one process both are no-ops.
 """
 from __future__ import annotations
 
+from typing import Any, Iterable
 
-def wrap_nets(recipe, device) -> None:
-    """Replace the recipe's trainable ``nets`` entries with DistributedDataParallel wrappers.
 
-    A recipe may list the bundle beside its own sub-networks (G_A, G_B, ...): each
-    parameter is wrapped once, preferring the finer-grained entries the recipe calls
-    directly. The bundle itself keeps the raw modules, so exports are unaffected.
+def is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_state(nets: Iterable[Any]) -> None:
+    """Copy rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    seen: set[int] = set()
+    for net in nets:
+        for t in list(net.parameters()) + list(net.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: Iterable[Any]) -> None:
+    """Replace each gradient by its mean over the ranks, in one all-reduce.
+
+    A parameter no rank used keeps ``grad = None`` (so optimizers skip it, as on
+    one process); one used on some ranks only counts zeros for the others.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    if not is_distributed():
+        return
+    import torch
+    import torch.distributed as dist
 
-    others = {id(p) for n, m in recipe.nets.items() if n != "bundle" for p in m.parameters()}
-    for name, net in list(recipe.nets.items()):
-        params = list(net.parameters())
-        if name == "bundle" and any(id(p) in others for p in params):
-            continue
-        if any(p.requires_grad for p in params):
-            recipe.nets[name] = DDP(net, find_unused_parameters=True,
-                                    device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in dict.fromkeys(params) if p.requires_grad]
+    if not params:
+        return
+    ref = params[0]
+    used = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=ref.device)
+    flat = torch.cat([used] + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                               for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = len(params)
+    for i, p in enumerate(params):
+        n = p.numel()
+        if flat[i] > 0:
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def optimizer_params(*optimizers: Any) -> list[Any]:
+    """Every parameter the optimizers update, in order, each once."""
+    return list(dict.fromkeys(p for opt in optimizers for g in opt.param_groups for p in g["params"]))
+
+
+def broadcast_buffers(nets: Iterable[Any]) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank, as DDP does before each forward."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    seen: set[int] = set()
+    for net in nets:
+        for b in net.buffers():
+            if id(b) not in seen:
+                seen.add(id(b))
+                dist.broadcast(b.data, src=0)

@@ -3,7 +3,7 @@
 A recipe owns *what* is learned: networks (generators, discriminators,
 projection heads), optimizers, schedules and the loss terms. The engine owns
 everything else: data, devices, precision, EMA, checkpoints, validation,
-logging and DistributedDataParallel.
+logging and data parallelism (``train/distributed.py``).
 
 Batches are dicts of ``B x 3 x H x W`` float tensors in [0, 1]:
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .distributed import average_gradients, broadcast_buffers, optimizer_params
+
 from ..errors import DerainError
 
 #: How a declared recipe option is written: ``name -> (type, default, help)``.
@@ -25,9 +27,9 @@ OptionSpec = dict[str, tuple[type, Any, str]]
 class Recipe:
     """Base class; subclasses fill ``self.nets`` in ``__init__`` and implement ``train_step``.
 
-    Always call networks through ``self.nets[name]`` in ``train_step``: under
-    torchrun the engine replaces those entries with DDP wrappers (the bundle
-    keeps the raw modules, so exported weights are unaffected).
+    Under torchrun every rank runs the same recipe on its own batches: step
+    optimizers only through :meth:`optimize` or :meth:`step_optimizers`, which
+    average the gradients over the ranks first (``train/distributed.py``).
     """
 
     #: Default learning rate and Adam betas; ``--lr`` overrides ``lr``.
@@ -93,9 +95,17 @@ class Recipe:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(optimizer_params(opt))
         if clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         opt.step()
+
+    @staticmethod
+    def step_optimizers(*optimizers) -> None:
+        """Step optimizers whose gradients the recipe computed itself (GAN updates), ranks averaged first."""
+        average_gradients(optimizer_params(*optimizers))
+        for opt in optimizers:
+            opt.step()
 
     def trained_tasks(self, step: int) -> tuple[str, ...]:
         """What an export after ``step`` steps can do (recorded in the weights file's metadata)."""
@@ -108,6 +118,7 @@ class Recipe:
     def end_step(self) -> None:
         for s in self.schedulers.values():
             s.step()
+        broadcast_buffers(self.nets.values())
 
     @staticmethod
     def set_requires_grad(nets, flag: bool) -> None:

@@ -1,7 +1,7 @@
 """The training loop in named steps: setup, resume, step, validate, checkpoint, export.
 
 The :class:`Trainer` owns data, devices, precision, EMA, checkpoints, validation,
-logging and DistributedDataParallel; the architecture's
+logging and data parallelism; the architecture's
 :class:`~derain_cli.train.recipe.Recipe` owns the networks and losses. Under
 ``torchrun`` each rank samples its own shard of the images and only rank 0 writes files.
 The order of the random draws is part of the checkpoint contract: a resumed run
@@ -29,7 +29,7 @@ from ..weightfile import load_weights, save_weights
 from .checkpoint import load_checkpoint, save_checkpoint
 from .control import fit_to_budget, make_progress, stop_on_signals
 from .data import build_sampler
-from .distributed import wrap_nets
+from .distributed import broadcast_state
 from .options import TrainOptions, TrainResult, saved_options
 from .recipe import check_recipe_options, check_set_keys
 from .resume import checkpoint_dir, jsonable, run_state
@@ -102,11 +102,10 @@ class Trainer:
         torch.manual_seed(opts.seed)
         random.seed(opts.seed)
         self.recipe = self._build_recipe()
-        self.raw_nets = dict(self.recipe.nets)  # DDP wrappers replace recipe.nets' entries, not these
+        self.raw_nets = dict(self.recipe.nets)
         self.total = self.requested = self._plan_steps()  # requested: what a time budget may shrink
         self.recipe.setup(self.total)
-        if self.distributed:
-            wrap_nets(self.recipe, self.device)
+        broadcast_state(self.raw_nets.values())  # every rank starts from rank 0's weights (no-op alone)
         self.ema = None
         if opts.ema > 0:
             self.ema = copy.deepcopy(self.recipe.bundle).eval()
