@@ -6,6 +6,8 @@ carry, and returns the rainy input and the clean target:
 
 * ``fine``: Rain100L-like thin soft streaks (the ``fine`` preset of :mod:`synth`).
 * ``light``: sparse streaks of several widths (the ``light`` preset).
+* ``moderate``: the rain between those and a downpour (Rain800/Rain1400-like): the
+  downpour's layers at a quarter to two thirds of its density and no accumulation veil.
 * ``downpour``: Rain100H-like heavy rain: dense, long and wide streaks in several
   layers around one main direction (within 30 degrees of vertical), then JORDER's
   accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
@@ -31,11 +33,12 @@ import numpy as np
 
 from .synth import depth_proxy, render_rain
 
-FAMILIES = ("fine", "light", "downpour", "photoreal")
+FAMILIES = ("fine", "light", "moderate", "downpour", "photoreal")
 
-#: The family mix of the ``general`` weights: heavy and photoreal rain first (what users
-#: have), Rain100L-like fine streaks kept so the light-rain benchmark is not forgotten.
-GENERAL_MIX: dict[str, float] = {"fine": 0.2, "light": 0.1, "downpour": 0.4, "photoreal": 0.3}
+#: The family mix of the ``general`` weights: rain rates from drizzle to downpour without a gap
+#: (real rain is a continuum), photoreal streaks, and Rain100L-like fine streaks so the
+#: light-rain benchmark is not forgotten.
+GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.25, "downpour": 0.3, "photoreal": 0.2}
 
 #: Probability of each extra per pair.
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "haze": 0.3, "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
@@ -125,8 +128,12 @@ def _line_kernel(length: int, angle: float, width: int) -> np.ndarray:
     return k / max(float(k.sum()), 1e-6)
 
 
-def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
-    """Heavy rain: 2-4 layers of dense long streaks; nearer layers longer, wider and softer."""
+def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
+                    rate: float = 1.0) -> tuple[np.ndarray, list[dict]]:
+    """Heavy rain: 2-4 layers of dense long streaks; nearer layers longer, wider and softer.
+
+    ``rate`` scales every layer's density (the ``moderate`` family draws it below 1).
+    """
     import cv2
 
     n = int(rng.integers(2, 5))
@@ -134,7 +141,7 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> t
     layers = []
     for i in range(n):
         near = (i + rng.random()) / n  # 0 = far, 1 = near
-        density = float(rng.uniform(0.0005, 0.002) * (1.3 - 0.6 * near))
+        density = float(rng.uniform(0.0005, 0.002) * (1.3 - 0.6 * near) * rate)
         length = int(rng.integers(20, 40) + near * rng.integers(20, 60))
         width = int(1 + round(near * rng.uniform(0, 3)))
         intensity = float(rng.uniform(0.25, 0.55) + 0.35 * near)
@@ -194,6 +201,10 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
         return layer, {"family": family, "layers": layers}
     if family == "downpour":
         layer, layers = downpour_layers(h, w, rng, angle)
+    elif family == "moderate":
+        rate = float(rng.uniform(0.25, 0.65))
+        layer, layers = downpour_layers(h, w, rng, angle, rate)
+        return layer, {"family": family, "angle": angle, "rate": rate, "layers": layers}
     elif family == "photoreal":
         if not bank:
             raise ValueError("the photoreal family needs a streak bank")

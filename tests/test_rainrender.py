@@ -54,7 +54,7 @@ def test_streak_angle_reads_a_known_texture():
     assert abs(BANK[0].angle - 17) < 3 and abs(BANK[1].angle + 17) < 3 and abs(BANK[2].angle) < 3
 
 
-@pytest.mark.parametrize("family", ["downpour", "photoreal"])
+@pytest.mark.parametrize("family", ["moderate", "downpour", "photoreal"])
 def test_streaks_fall_in_the_drawn_direction_within_30_degrees_of_vertical(family):
     errors = []
     for layer, p in layers(family):
@@ -78,6 +78,19 @@ def test_downpour_is_denser_brighter_and_wider_than_fine_rain():
     for _, p in heavy:
         assert 2 <= len(p["layers"]) <= 4
         assert max(layer["length"] for layer in p["layers"]) >= 20
+
+
+def test_moderate_rain_lies_between_light_rain_and_a_downpour_without_a_veil():
+    cover = lambda ls: np.mean([(layer > 0.1).mean() for layer, _ in ls])  # noqa: E731
+    light, moderate, heavy = (list(layers(f, n=12)) for f in ("light", "moderate", "downpour"))
+    assert 1.5 * cover(light) < cover(moderate) < 0.8 * cover(heavy)
+    assert all(0.25 <= p["rate"] <= 0.65 for _, p in moderate)
+    black = np.zeros((96, 96, 3), np.float32)
+    cfg = RenderConfig(mix={"moderate": 1.0}, extras=NO_EXTRAS)
+    for seed in range(3):
+        rainy, _, p = render_pair(black, np.random.default_rng(seed), cfg)
+        assert "accumulation" not in p
+        assert np.percentile(rainy, 10) < 0.01  # no veil: where no streak falls, the black stays black
 
 
 def test_downpour_nearer_layers_are_longer_and_wider():
