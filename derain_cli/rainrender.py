@@ -11,6 +11,9 @@ carry, and returns the rainy input and the clean target:
 * ``downpour``: Rain100H-like heavy rain: dense, long and wide streaks in several
   layers around one main direction (within 30 degrees of vertical), then JORDER's
   accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
+* ``sheet``: sheets of rain, the Photoshop pipeline behind Rain800 and Rain1400: noise
+  motion-blurred along the rain into long streaks, a levels curve whose floor is the
+  veil of drops too small and many to resolve, screen-blended onto the photo.
 * ``photoreal``: Garg & Nayar's rendered streak textures (a streak bank folder),
   scaled, rotated, motion-blurred and added in depth layers: far layers small and
   dim, near ones large, bright and soft.
@@ -33,12 +36,13 @@ import numpy as np
 
 from .synth import depth_proxy, render_rain
 
-FAMILIES = ("fine", "light", "moderate", "downpour", "photoreal")
+FAMILIES = ("fine", "light", "moderate", "downpour", "sheet", "photoreal")
 
 #: The family mix of the ``general`` weights: rain rates from drizzle to downpour without a gap
 #: (real rain is a continuum), photoreal streaks, and Rain100L-like fine streaks so the
 #: light-rain benchmark is not forgotten.
-GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.25, "downpour": 0.3, "photoreal": 0.2}
+GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.2, "downpour": 0.2, "sheet": 0.2,
+                                 "photoreal": 0.15}
 
 #: Probability of each extra per pair.
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "haze": 0.3, "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
@@ -160,6 +164,29 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
     return rain, layers
 
 
+def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, dict]:
+    """Sheets of rain: streaks over a veil, in [floor, peak].
+
+    Gaussian noise at a grain of 1-2.5 px is blurred along the rain into 15-90 px streaks;
+    a levels curve turns what stands ``threshold`` deviations above the mean into streaks
+    and lifts everything to ``floor``, the veil that unresolved drops cast.
+    """
+    import cv2
+
+    grain = float(rng.uniform(1.0, 2.5))
+    small = rng.standard_normal((int(h / grain) + 1, int(w / grain) + 1)).astype(np.float32)
+    noise = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    length = int(rng.integers(15, 91))
+    a = angle + float(rng.uniform(-4, 4))
+    streaks = cv2.filter2D(noise, -1, _line_kernel(length, a, 1), borderType=cv2.BORDER_REFLECT)
+    z = (streaks - streaks.mean()) / max(float(streaks.std()), 1e-6)
+    threshold, spread = float(rng.uniform(0.3, 1.8)), float(rng.uniform(0.8, 2.5))
+    floor, peak = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0.45, 0.95))
+    layer = floor + (peak - floor) * np.clip((z - threshold) / spread, 0, 1)
+    return layer.astype(np.float32), {"grain": grain, "length": length, "angle": a, "threshold": threshold,
+                                      "spread": spread, "floor": floor, "peak": peak}
+
+
 def photoreal_layers(h: int, w: int, rng: np.random.Generator, angle: float,
                      bank: list[StreakTexture]) -> tuple[np.ndarray, list[dict]]:
     """1-3 depth layers cut from the streak bank: scaled, rotated and motion-blurred."""
@@ -205,6 +232,9 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
         rate = float(rng.uniform(0.25, 0.65))
         layer, layers = downpour_layers(h, w, rng, angle, rate)
         return layer, {"family": family, "angle": angle, "rate": rate, "layers": layers}
+    elif family == "sheet":
+        layer, sheet = sheet_layer(h, w, rng, angle)
+        return layer, {"family": family, "angle": angle, **sheet}
     elif family == "photoreal":
         if not bank:
             raise ValueError("the photoreal family needs a streak bank")
@@ -305,7 +335,10 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     depth = depth_proxy(x, "mixed", float(rng.uniform(-0.1, 0.2)))
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
     tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)
-    rainy = x + (layer * fade)[..., None] * tint
+    if family == "sheet":  # screen blend, as the pipeline it follows: the veil never clips highlights
+        rainy = 1 - (1 - x) * (1 - (layer * fade)[..., None] * tint)
+    else:
+        rainy = x + (layer * fade)[..., None] * tint
     if family == "downpour":
         rainy, params["accumulation"] = accumulate(rainy, rng)
     if rng.random() < ex.get("haze", 0):

@@ -54,7 +54,7 @@ def test_streak_angle_reads_a_known_texture():
     assert abs(BANK[0].angle - 17) < 3 and abs(BANK[1].angle + 17) < 3 and abs(BANK[2].angle) < 3
 
 
-@pytest.mark.parametrize("family", ["moderate", "downpour", "photoreal"])
+@pytest.mark.parametrize("family", ["moderate", "downpour", "sheet", "photoreal"])
 def test_streaks_fall_in_the_drawn_direction_within_30_degrees_of_vertical(family):
     errors = []
     for layer, p in layers(family):
@@ -91,6 +91,18 @@ def test_moderate_rain_lies_between_light_rain_and_a_downpour_without_a_veil():
         rainy, _, p = render_pair(black, np.random.default_rng(seed), cfg)
         assert "accumulation" not in p
         assert np.percentile(rainy, 10) < 0.01  # no veil: where no streak falls, the black stays black
+
+
+def test_a_sheet_of_rain_is_streaks_over_a_veil_screen_blended():
+    for layer, p in layers("sheet"):
+        assert 15 <= p["length"] <= 90
+        assert np.percentile(layer, 5) == pytest.approx(p["floor"], abs=1e-4)  # the veil everywhere
+        assert layer.max() == pytest.approx(p["peak"], abs=0.02) and (layer > p["floor"] + 0.1).mean() > 0.01
+    gray = np.full((96, 96, 3), 0.5, np.float32)
+    rainy, target, p = render_pair(gray, np.random.default_rng(3), RenderConfig(mix={"sheet": 1.0}, extras=NO_EXTRAS))
+    lift = (rainy - 0.5) / 0.5  # screen blend: 1 - (1 - x)(1 - L) lifts x by L * (1 - x)
+    assert lift.min() >= p["rain"]["floor"] * 0.5 - 1e-3 and lift.max() <= p["rain"]["peak"] + 1e-3
+    assert np.array_equal(target, gray)
 
 
 def test_downpour_nearer_layers_are_longer_and_wider():
