@@ -20,9 +20,19 @@ _EXPORTS = {
     "write_image": "derain_cli.imageio",
     "read_rgb8": "derain_cli.imageio",
     "DerainError": "derain_cli.errors",
+    "ModelSpec": "derain_cli.registry",
+    "Traits": "derain_cli.registry",
+    "Tiling": "derain_cli.registry",
+    "Training": "derain_cli.registry",
+    "Card": "derain_cli.registry",
+    "register_model": "derain_cli.registry",
+    "model_names": "derain_cli.registry",
+    "default_model": "derain_cli.registry",
     "MODEL_NAMES": "derain_cli.registry",
     "DEFAULT_MODEL": "derain_cli.registry",
 }
+#: Read from the registry at every access (architectures may register later), never cached.
+_LIVE = {"MODEL_NAMES", "DEFAULT_MODEL"}
 
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -32,7 +42,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'derain_cli' has no attribute {name!r}")
     value = getattr(import_module(module), name)
-    globals()[name] = value
+    if name not in _LIVE:
+        globals()[name] = value
     return value
 
 

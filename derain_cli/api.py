@@ -18,7 +18,7 @@ import torch
 from . import devices, imageio, tiling
 from .devices import Notify, say
 from .errors import DerainError, WeightsError
-from .registry import ModelSpec, UnknownModelError, get_spec
+from .registry import ModelSpec, Traits, UnknownModelError, get_spec
 
 TASKS = ("derain", "rainify")
 
@@ -34,13 +34,9 @@ def _open_weights(spec: ModelSpec, weights: str | os.PathLike | None, entry_name
 
         state, meta = load_weights(weights, architecture=spec.name)
         return state, {**meta, "weights_path": str(weights), "weights_source": "file"}
-    try:
-        from .weights import open_weights
-    except ModuleNotFoundError as exc:
-        if exc.name != "derain_cli.weights":
-            raise
-        raise WeightsError(f"no weights for {spec.name!r}: pass --weights FILE.safetensors") from None
-    return open_weights(entry_name or spec.weights_entry or spec.name)
+    from .weights import open_weights
+
+    return open_weights(entry_name or spec.name)
 
 
 def _build(spec: ModelSpec, state: dict[str, Any], meta: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -80,7 +76,8 @@ class Derainer:
     """A loaded model on a device, ready to derain (or rainify) images of any size.
 
     Attributes: ``spec`` (the :class:`ModelSpec`), ``config`` (the architecture
-    config the weights were trained with), ``device``, ``net`` (the image-to-image
+    config the weights were trained with), ``traits`` (the :class:`Traits` of that
+    config, unless given), ``device``, ``net`` (the image-to-image
     ``nn.Module`` in eval mode), ``task``, ``variant``, ``dtype`` (autocast dtype
     or None for float32), ``meta`` (weights file metadata), ``ensemble`` (how many
     flip views of each image are averaged, 1 = off: more accurate, that many times slower).
@@ -100,8 +97,10 @@ class Derainer:
         notify: Notify = say,
         ensemble: bool | int = False,
         channels_last: bool = False,
+        traits: Traits | None = None,
     ):
         self.spec, self.config, self.net, self.device = spec, config, net, device
+        self.traits = traits if traits is not None else spec.traits(config)
         self.task, self.variant, self.dtype = task, variant, dtype
         self.meta = meta or {}
         self.notify = notify
@@ -138,7 +137,10 @@ class Derainer:
         if x.ndim != 4 or x.shape[1] != 3:
             raise DerainError(f"expected a B x 3 x H x W tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        lo, hi = self.spec.input_range
+        if min(h, w) < self.traits.min_size:
+            raise DerainError(f"{self.spec.name} needs images of at least {self.traits.min_size} pixels a side, "
+                              f"not {w}x{h}")
+        lo, hi = self.traits.input_range
         with self._inference():
             x = self._to_net(x)
             if context is not None:
@@ -164,9 +166,9 @@ class Derainer:
 
     def _to_net(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the device, padded to the size multiple, in the net's memory format and input range."""
-        lo, hi = self.spec.input_range
+        lo, hi = self.traits.input_range
         x = x.to(self.device, torch.float32)
-        x = tiling.pad_to_multiple(x, self.spec.size_multiple)
+        x = tiling.pad_to_multiple(x, self.traits.size_multiple)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if (lo, hi) != (0.0, 1.0):
@@ -206,7 +208,8 @@ class Derainer:
         """``(tile, overlap)`` actually used for an image: resolves ``tile=0`` and tile-unsafe models."""
         if tile < 0:
             raise DerainError(f"--tile must be 0 (automatic) or a positive size, not {tile}")
-        overlap = self.spec.tile_margin if tile_overlap is None else tile_overlap
+        traits = self.traits
+        overlap = traits.tile_margin if tile_overlap is None else tile_overlap
         if overlap < 0:
             raise DerainError(f"--tile-overlap must be >= 0, not {overlap}")
         if tile == 0:
@@ -214,14 +217,14 @@ class Derainer:
                 height,
                 width,
                 device=self.device,
-                bytes_per_pixel=self.spec.bytes_per_pixel * (0.6 if self.dtype is not None else 1.0),
+                bytes_per_pixel=traits.bytes_per_pixel * (0.6 if self.dtype is not None else 1.0),
                 overlap=overlap,
-                multiple=self.spec.size_multiple,
-                min_tile=self.spec.min_tile,
+                multiple=traits.size_multiple,
+                min_tile=traits.min_tile,
             )
-        elif not self.spec.tile_safe:
-            tile = max(tile, self.spec.min_tile)  # global statistics need big tiles
-        if tile and not self.spec.tile_safe:
+        elif not traits.exact_tiles:
+            tile = max(tile, traits.min_tile)  # global statistics need big tiles
+        if tile and not traits.exact_tiles:
             overlap = max(overlap, tile // 8)  # wide fades hide tile-to-tile statistics
         if tile >= max(height, width):
             tile = 0
@@ -248,9 +251,9 @@ class Derainer:
             rgb,
             tile=tile,
             overlap=overlap,
-            multiple=self.spec.size_multiple,
+            multiple=self.traits.size_multiple,
             device=self.device,
-            min_tile=self.spec.min_tile if not self.spec.tile_safe else 0,
+            min_tile=self.traits.min_tile if not self.traits.exact_tiles else 0,
             notify=self.notify,
         )
         return tiling.from_unit(out, rgb.dtype)
@@ -267,7 +270,7 @@ class Derainer:
             view = np.flip(rgb, axes) if axes else rgb
             fn = _SharedContextTiles(self, view)
             out, tile = tiling.run_with_retry(
-                fn, view, tile=tile, overlap=overlap, multiple=self.spec.size_multiple, device=self.device,
+                fn, view, tile=tile, overlap=overlap, multiple=self.traits.size_multiple, device=self.device,
                 notify=self.notify, origin=True, clip=self.ensemble == 1,
             )
             del fn
@@ -354,7 +357,7 @@ def load_model(
     notify: Notify = say,
     ensemble: bool | int = False,
 ) -> Derainer:
-    """Load a model by registry name (default :data:`registry.DEFAULT_MODEL`) or from a :class:`ModelSpec`.
+    """Load a model by registry name (default :func:`registry.default_model`) or from a :class:`ModelSpec`.
 
     Weights come from ``weights`` (a .safetensors file) or the registry's
     resolution (bundled -> Hugging Face cache -> hub), sha256-checked.
@@ -377,7 +380,7 @@ def load_model(
         spec = name
     else:
         try:
-            spec = get_spec(name or registry.DEFAULT_MODEL)
+            spec = get_spec(name or registry.default_model())
         except UnknownModelError as exc:
             raise DerainError(str(exc)) from None
     flip_views(ensemble)  # a bad count fails before the weights are read
@@ -404,6 +407,8 @@ def load_model(
         )
     bundle, config = _build(spec, state, meta)
     del state
+    if dtype is not None and not spec.traits(config).bf16:
+        raise DerainError(f"{spec.name} gives unusable output in half precision; drop --half")
     net = spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant)
     net = net.to(dev).eval()
     # oneDNN's convolutions are faster channels_last on the CPU, most of all in bf16 (--half).

@@ -90,13 +90,7 @@ def _register_commands() -> None:
     import importlib
 
     for name in ("run", "weights", "evaluate", "train", "synth", "rainify"):
-        try:
-            module = importlib.import_module(f"derain_cli.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"derain_cli.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(app)
+        importlib.import_module(f"derain_cli.commands.{name}").register(app)
 
 
 def _use_plain_flags(typer_app: typer.Typer) -> None:

@@ -306,10 +306,10 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
 
 def available_models() -> list[str]:
     """Every weights entry (each tag of each model) bundled or cached here: what ``--model all`` benchmarks."""
-    from .registry import MODEL_NAMES
+    from .registry import model_names
     from .weights import tagged_entries, weights_status
 
-    return [e.name for n in MODEL_NAMES for e in tagged_entries(n) if weights_status(e.name) in ("bundled", "cached")]
+    return [e.name for n in model_names() for e in tagged_entries(n) if weights_status(e.name) in ("bundled", "cached")]
 
 
 def bench_names(model: str, *, weights=None, variant: str | None = None) -> tuple[list[str], list[str]]:
@@ -317,18 +317,19 @@ def bench_names(model: str, *, weights=None, variant: str | None = None) -> tupl
 
     ``all`` is every available tag of every model; a single name (or ``NAME.TAG``) is itself.
     """
-    from .registry import MODEL_NAMES
+    from .registry import model_names
 
+    names = model_names()
     if model != "all":
-        if model.partition(".")[0] not in MODEL_NAMES:
-            raise DerainError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)} (or NAME.TAG) or 'all'")
+        if model.partition(".")[0] not in names:
+            raise DerainError(f"unknown model {model!r}; available: {', '.join(names)} (or NAME.TAG) or 'all'")
         return [model], []
     if weights is not None or variant is not None:
         raise DerainError("--weights and --variant need a single --model, not 'all'")
-    names = available_models()
-    if not names:
+    available = available_models()
+    if not available:
         raise DerainError("no registered model has weights available; pass --model NAME --weights FILE")
-    return names, [n for n in MODEL_NAMES if not any(x.partition(".")[0] == n for x in names)]
+    return available, [n for n in names if not any(x.partition(".")[0] == n for x in available)]
 
 
 def published_figures(dataset: str) -> list[dict[str, Any]]:

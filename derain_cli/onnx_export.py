@@ -81,18 +81,19 @@ def _metadata(derainer, tile_safe: bool) -> dict[str, str]:
     from . import __version__
     from .weightfile import sha256_file
 
-    spec, meta = derainer.spec, derainer.meta
+    spec, meta, traits = derainer.spec, derainer.meta, derainer.traits
     source = Path(str(meta.get("weights_path", "")))
     return {
         "architecture": spec.name,
         "variant": derainer.variant,
-        "size_multiple": str(spec.size_multiple),
+        "size_multiple": str(traits.size_multiple),
+        "min_size": str(traits.min_size),
         "input": "image: N x 3 x H x W float32 RGB in [0, 1]; H and W multiples of size_multiple",
         "output": "derained: N x 3 x H x W float32 RGB in [0, 1]",
         "dynamic_axes": "batch, height, width",
         "tile_safe": "true" if tile_safe else "false",
-        "tile_margin": str(spec.tile_margin),
-        "min_tile": str(spec.min_tile if tile_safe else max(spec.min_tile, 512)),
+        "tile_margin": str(traits.tile_margin),
+        "min_tile": str(traits.min_tile if tile_safe else max(traits.min_tile, 512)),
         "config": json.dumps(derainer.config, sort_keys=True),
         "weights": f"{source.name} ({meta.get('weights_source', '?')})",
         "weights_sha256": sha256_file(source) if source.is_file() else "",
@@ -132,12 +133,12 @@ def export_onnx(model: str, output: str | os.PathLike, *, weights: str | os.Path
 
     derainer = load_model(model, weights=weights, variant=variant, device="cpu", notify=lambda _m: None)
     net = derainer.net.to(memory_format=torch.contiguous_format)
-    graph = _graph_module(net, derainer.spec.input_range)
-    (th, tw), checks = sample_sizes(derainer.spec.size_multiple)
+    graph = _graph_module(net, derainer.traits.input_range)
+    (th, tw), checks = sample_sizes(derainer.traits.size_multiple)
     data = _trace(graph, torch.rand(1, 3, th, tw), derainer.spec.name)
     proto = onnx.load_from_string(data)
     # Context-sharing nets tile exactly only in torch: the graph is their plain forward.
-    tile_safe = derainer.spec.tile_safe and not derainer.shares_context
+    tile_safe = derainer.traits.exact_tiles and not derainer.shares_context
     for key, value in _metadata(derainer, tile_safe).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -268,15 +269,23 @@ def load_onnx(path: str | os.PathLike, name: str | None = None, *, device: str =
     except UnknownModelError as exc:
         raise OnnxError(f"{path.name}: {exc}") from None
     try:
-        multiple = int(meta.get("size_multiple", spec.size_multiple))
-        tile_safe = meta.get("tile_safe", "true") == "true"
-        tile_margin = int(meta.get("tile_margin", spec.tile_margin))
-        min_tile = int(meta.get("min_tile", spec.min_tile))
         config = json.loads(meta.get("config", "{}"))
+        traits = _traits(meta, spec.traits(config))
     except ValueError as exc:
         raise OnnxError(f"{path.name}: unreadable metadata ({exc})") from None
-    spec = dataclasses.replace(spec, input_range=(0.0, 1.0), size_multiple=multiple, tile_safe=tile_safe,
-                               tile_margin=tile_margin, min_tile=min_tile)
     info = {**meta, "weights_path": str(path), "weights_source": "onnx file"}
     return Derainer(spec, config, OnnxNet(session, path), torch.device("cpu"), variant=meta.get("variant", "default"),
-                    meta=info, notify=notify or say, ensemble=ensemble)
+                    meta=info, notify=notify or say, ensemble=ensemble, traits=traits)
+
+
+def _traits(meta: dict[str, str], traits):
+    """The traits an exported graph runs with: its metadata's, in [0, 1] (the graph maps the range itself)."""
+    from .registry import Tiling
+
+    tiling = Tiling.MARGIN if meta.get("tile_safe", "true") == "true" else Tiling.APPROXIMATE
+    return dataclasses.replace(
+        traits, input_range=(0.0, 1.0), tiling=tiling,
+        size_multiple=int(meta.get("size_multiple", traits.size_multiple)),
+        min_size=int(meta.get("min_size", traits.min_size)),
+        tile_margin=int(meta.get("tile_margin", traits.tile_margin)),
+        min_tile=int(meta.get("min_tile", traits.min_tile)))

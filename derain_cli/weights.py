@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
-from .registry import MODEL_NAMES
+from .registry import model_names
 from .weightfile import load_weights, sha256_file
 
 if sys.version_info >= (3, 11):
@@ -34,8 +34,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED_TOML = PACKAGE_DIR / "weights.toml"
 #: Where listed ``file`` names live when the weights are bundled.
 BUNDLED_DIR = PACKAGE_DIR / "data" / "weights"
-
-STATUSES = ("bundled", "cached", "missing", "corrupt")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -132,8 +130,8 @@ def _parse_entry(name: str, table: Any, where: Path) -> WeightsEntry:
     if missing:
         raise bad(f"missing field(s): {', '.join(missing)}")
     model = table.get("model", name.partition(".")[0])
-    if model not in MODEL_NAMES:
-        raise bad(f"model {model!r} is not registered (known: {', '.join(MODEL_NAMES)})")
+    if model not in model_names():
+        raise bad(f"model {model!r} is not registered (known: {', '.join(model_names())})")
     if "." in name and name.partition(".")[0] != model:
         raise bad(f"a tagged entry is named MODEL.TAG, but its model is {model!r}")
     for key in ("sha256", "parent"):
@@ -214,8 +212,8 @@ def entry(name: str) -> WeightsEntry:
     model, dot, tag = name.partition(".")
     if dot and not tag:
         raise WeightsError(f"empty tag in {name!r}; write NAME or NAME.TAG, e.g. {model}.general")
-    if model not in MODEL_NAMES:
-        raise WeightsError(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}")
+    if model not in model_names():
+        raise WeightsError(f"unknown model {model!r}; available: {', '.join(model_names())}")
     if tag:
         have = [e.name for e in tagged_entries(model)]
         raise WeightsError(f"model {model!r} has no weights tagged {tag!r}; "
@@ -427,7 +425,7 @@ def _architecture_for(name: str) -> str | None:
     if e is not None:
         return e.model
     model = name.partition(".")[0]
-    return model if model in MODEL_NAMES else None
+    return model if model in model_names() else None
 
 
 def open_weights(
@@ -443,8 +441,8 @@ def open_weights(
     ``weights_path`` and ``weights_source`` (file / bundled / cache / download).
     """
     if weights_file is not None:
-        if model_name.partition(".")[0] not in MODEL_NAMES and find_entry(model_name) is None:
-            raise WeightsError(f"unknown model {model_name!r}; available: {', '.join(MODEL_NAMES)}")
+        if model_name.partition(".")[0] not in model_names() and find_entry(model_name) is None:
+            raise WeightsError(f"unknown model {model_name!r}; available: {', '.join(model_names())}")
         path = Path(weights_file)
         state, meta = load_weights(path, architecture=_architecture_for(model_name))
         return state, {**meta, "weights_path": str(path), "weights_source": "file"}

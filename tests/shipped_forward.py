@@ -50,7 +50,7 @@ def shipped_outputs() -> dict[str, np.ndarray]:
         nets = {f"derain-{v}": spec.derain_net(bundle, v) for v in spec.variants}
         if spec.rainify_net is not None:
             nets["rainify"] = spec.rainify_net(bundle)
-        lo, hi = spec.input_range
+        lo, hi = spec.traits(meta.get("config") or spec.config()).input_range
         for label, net in nets.items():
             with torch.no_grad():
                 y = net(x * (hi - lo) + lo)

@@ -12,8 +12,8 @@ from tiny_spec import installed_tiny_weights, write_random_image
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    return installed_tiny_weights(tmp_path, monkeypatch)
+def tiny(tmp_path, request):
+    return installed_tiny_weights(tmp_path, request)
 
 
 def _png(path: Path) -> Path:

@@ -3,7 +3,10 @@
 For each model, from its tiny config (``tiny_configs.TINY``):
 
 * it builds, and ``derain run``'s inference path (``Derainer.process_tensor``) returns
-  odd, tiny and non-square images at their size with finite values, for every task;
+  odd, tiny (down to its traits' ``min_size``) and non-square images at their size with
+  finite values, for every task; a smaller image is one clear error;
+* its traits are honest: sizes are a multiple of ``size_multiple`` where the net needs it,
+  and ``Tiling.CONTEXT`` is declared exactly when the derain net computes a tile context;
 * its weights survive a save/load round trip (``save_weights(half=False)``) with an identical forward;
 * training through its recipe moves every trainable parameter. The contract chosen:
   after three steps of *each phase* the recipe has (jrgr: stage 1, then stage 2; the others
@@ -33,9 +36,10 @@ import torch
 
 from conftest import make_rainy_pair
 from derain_cli.api import Derainer
-from derain_cli.registry import MODEL_NAMES, all_specs, get_spec
+from derain_cli.errors import DerainError
+from derain_cli.registry import MODEL_NAMES, Tiling, all_specs, get_spec
 from derain_cli.weightfile import load_weights, save_weights
-from tiny_configs import MIN_SIDE, TINY, tiny_config
+from tiny_configs import TINY, tiny_config
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 #: Batch keys per training mode (derain_cli/train/recipe.py).
@@ -44,7 +48,6 @@ BATCH_KEYS = {"paired": ("rainy", "clean"), "semi": ("rainy", "clean", "real"), 
 
 def test_every_registered_model_has_a_tiny_config():
     assert sorted(TINY) == sorted(MODEL_NAMES) == sorted(s.name for s in all_specs())
-    assert sorted(MIN_SIDE) == sorted(MODEL_NAMES)
 
 
 def _bundle(name: str, seed: int = 0):
@@ -58,14 +61,14 @@ def _derainers(spec, bundle):
     nets = [spec.derain_net(bundle, v) for v in spec.variants]
     if spec.rainify_net is not None:
         nets.append(spec.rainify_net(bundle))
-    return [Derainer(spec, {}, net.eval(), torch.device("cpu")) for net in nets]
+    return [Derainer(spec, tiny_config(spec.name), net.eval(), torch.device("cpu")) for net in nets]
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_odd_tiny_and_non_square_inputs_keep_their_size(name):
     spec, bundle = _bundle(name)
     assert sum(p.numel() for p in bundle.parameters()) > 0
-    side = MIN_SIDE[name]
+    side = spec.traits(tiny_config(name)).min_size
     gen = torch.Generator().manual_seed(1)
     for d in _derainers(spec, bundle):
         for h, w in ((13, 17), (37, 29), (side, side), (side, side + 6)):
@@ -73,6 +76,34 @@ def test_odd_tiny_and_non_square_inputs_keep_their_size(name):
             y = d.process_tensor(x, clamp=False)
             assert y.shape == x.shape, (name, h, w)
             assert torch.isfinite(y).all(), (name, h, w)
+        if side > 1:
+            with pytest.raises(DerainError, match=f"at least {side} pixels"):
+                d.process_tensor(torch.rand(1, 3, side - 1, side + 6))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "paper"])
+def test_traits_follow_the_config(name, preset):
+    """The net takes sizes on its traits' grid as they are (no padding by ``Derainer``), in every
+    preset, and ``Tiling.CONTEXT`` comes with a net that computes the context."""
+    spec = get_spec(name)
+    config = tiny_config(name) if preset == "tiny" else spec.config(preset)
+    traits = spec.traits(config)
+    assert traits.size_multiple >= 1 and traits.min_size >= 1 and traits.tasks[0] == "derain"
+    torch.manual_seed(0)
+    net = spec.derain_net(spec.build(config if preset == "tiny" else {**config, **_NARROW.get(name, {})}),
+                          spec.variants[0]).eval()
+    assert (traits.tiling is Tiling.CONTEXT) == callable(getattr(net, "tile_context", None))
+    m, lo, hi = traits.size_multiple, *traits.input_range
+    side = m * -(-max(traits.min_size, 2 * m) // m)
+    with torch.inference_mode():
+        assert net(torch.rand(1, 3, side, side + m) * (hi - lo) + lo).shape[-2:] == (side, side + m)
+
+
+#: Narrower versions of the presets (same depths, so the same traits) for a fast forward pass.
+_NARROW = {"dualstage": dict(channels=4, stage1_width=8, dim=16, heads=1, fullres_width=4),
+           "semimsn": dict(channels=4, fullres_width=4), "dcdgan": dict(ngf=4, ndf=4),
+           "jrgr": dict(unet_ngf=2, trans_ngf=2), "rainfog": dict(ext_width=4, width=4, gen_width=4, disc_width=4)}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -100,9 +131,10 @@ def test_training_validation_scores_what_derain_run_writes(name):
     pairs = [make_rainy_pair(29, 37, seed=s) for s in (3, 4)]
     rainy, clean = [p[0] for p in pairs], [p[1] for p in pairs]
     variant = spec.recipe.val_variant if spec.recipe.val_variant in spec.variants else spec.variants[0]
-    d = Derainer(spec, {}, spec.derain_net(bundle, variant).eval(), torch.device("cpu"))
+    d = Derainer(spec, tiny_config(name), spec.derain_net(bundle, variant).eval(), torch.device("cpu"))
     expected = np.mean([psnr_y(d.process(r, tile=0), c) for r, c in zip(rainy, clean)])
-    assert validate(spec, bundle, variant, (rainy, clean), "cpu") == pytest.approx(expected, abs=1e-9)
+    assert validate(spec, bundle, variant, (rainy, clean), "cpu", config=tiny_config(name)) == pytest.approx(
+        expected, abs=1e-9)
 
 
 def _batch(mode: str, n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
@@ -161,7 +193,8 @@ for name in models:  # a model that fails is recorded, and the next one still ru
         captured.append(_spec.recipe(*a, **k))
         initial.update({f"initial/{k}": v.detach().clone() for k, v in captured[-1].bundle.state_dict().items()})
         return captured[-1]
-    engine.get_spec = lambda _, wrapped=dataclasses.replace(spec, recipe=recipe): wrapped
+    training = dataclasses.replace(spec.training, recipe=recipe)
+    engine.get_spec = lambda _, wrapped=dataclasses.replace(spec, training=training): wrapped
     mode = spec.modes[0]
     try:
         engine.train(engine.TrainOptions(

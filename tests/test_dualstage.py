@@ -5,7 +5,7 @@ import torch
 
 from derain_cli.models import dualstage
 from derain_cli.models.common import box_extreme, shifted_extreme
-from derain_cli.registry import get_spec
+from derain_cli.registry import Tiling, get_spec
 
 TINY = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
             kmeans_iters=2, fullres_blocks=1, fullres_width=4)
@@ -87,7 +87,9 @@ def _random_net(preset="cpu", gain=0.5, **overrides):
 def test_spec_declares_tiles_safe_with_the_measured_margin():
     # The image-wide attention runs once per image (tile_context), so tiles agree with the whole image.
     spec = get_spec("dualstage")
-    assert spec.tile_safe is True and spec.tile_margin >= dualstage.TILE_MARGIN + 3
+    traits = spec.traits(spec.config())
+    assert traits.tiling is Tiling.CONTEXT and traits.tile_margin >= dualstage.TILE_MARGIN + 3
+    assert callable(getattr(spec.build(spec.config(**TINY)), "tile_context", None))
     assert set(spec.presets) >= {"cpu", "paper"}
 
 
@@ -130,7 +132,7 @@ def test_tiled_matches_whole_image(flips):
     img = np.random.default_rng(0).random((150, 203, 3)).astype(np.float32)
     whole = d.process(img, tile=4096)
     tiled = d.process(img, tile=48)
-    assert d.last_tile == 48 and d.last_overlap == spec.tile_margin
+    assert d.last_tile == 48 and d.last_overlap == d.traits.tile_margin
     assert np.abs(tiled - whole).max() < 1e-4
     # Without the shared context (each tile its own k-means and GroupNorm) tiles disagree.
     d.net = type("PerTile", (), {"__call__": lambda self, x: net(x)})()

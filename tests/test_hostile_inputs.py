@@ -29,9 +29,9 @@ SEMIMSN = REPO / "derain_cli" / "data" / "weights" / "semimsn.safetensors"
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, request):
     spec = make_spec()
-    install(monkeypatch, spec)
+    install(request, spec)
     return save_random_weights(spec, tmp_path / "tiny.safetensors")
 
 

@@ -50,17 +50,19 @@ def test_every_architecture_exports_and_matches_or_says_why(name, tmp_path):
     done = export_onnx(name, out, weights=tmp_path / "w.safetensors")
     assert done["max_diff"] <= 1e-4
     meta = read_onnx_metadata(out)
-    assert meta["architecture"] == name and int(meta["size_multiple"]) == spec.size_multiple
+    traits = spec.traits(spec.config(**TINY_CONFIGS[name]))
+    assert meta["architecture"] == name and int(meta["size_multiple"]) == traits.size_multiple
+    assert int(meta["min_size"]) == traits.min_size
     assert meta["dynamic_axes"] == "batch, height, width"
     # Another size and a batch of two, against the torch net loaded from the same (fp16) file.
     from derain_cli.api import load_model
     from derain_cli.onnx_export import _graph_module, _session
 
     net = load_model(name, weights=tmp_path / "w.safetensors", device="cpu").net
-    m = spec.size_multiple
+    m = traits.size_multiple
     x = torch.rand(2, 3, m * -(-45 // m), m * -(-70 // m))
     with torch.inference_mode():
-        reference = _graph_module(net.to(memory_format=torch.contiguous_format), spec.input_range)(x).numpy()
+        reference = _graph_module(net.to(memory_format=torch.contiguous_format), traits.input_range)(x).numpy()
     got = _session(str(out), threads=1).run(None, {"image": x.numpy()})[0]
     assert got.shape == reference.shape and np.abs(got - reference).max() <= 1e-4
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import SHARED_DATA, needs_shared_data
 from derain_cli.models.rainfog import SPEC, T_MIN, GlobalAttention, procedural_degradation
-from derain_cli.registry import get_spec
+from derain_cli.registry import Tiling, get_spec
 from tiny_configs import RAINFOG_TINY
 
 TINY = RAINFOG_TINY
@@ -25,7 +25,8 @@ def _tiny_bundle(seed: int = 0):
 def test_spec_is_registered_and_honest_about_tiling():
     assert get_spec("rainfog") is SPEC
     assert SPEC.modes == ("unpaired",) and SPEC.rainify_net is not None
-    assert not SPEC.tile_safe and SPEC.min_tile >= 256
+    traits = SPEC.traits(SPEC.config())
+    assert traits.tiling is Tiling.APPROXIMATE and traits.min_tile >= 256
     for preset in SPEC.presets:
         SPEC.config(preset)
     assert set(SPEC.build(SPEC.config("cpu")).keys()) == {"extractor", "removal", "generator"}

@@ -19,10 +19,10 @@ from clirun import derain  # noqa: E402
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, request):
     """A registered test-only model ``tinytest`` and its random weights file."""
     spec = make_spec()
-    install(monkeypatch, spec)
+    install(request, spec)
     return save_random_weights(spec, tmp_path / "tiny.safetensors")
 
 
@@ -205,14 +205,11 @@ def test_batch_output_must_differ_from_input(tmp_path, monkeypatch, capsys, tiny
 
 
 _CHILD = """
-import sys, types
+import sys
 sys.path.insert(0, {tests!r})
 from tiny_spec import make_spec
-from derain_cli import registry
-spec = make_spec()
-mod = types.ModuleType("derain_cli.models.tinytest"); mod.SPEC = spec
-sys.modules[mod.__name__] = mod
-registry.MODEL_NAMES = registry.MODEL_NAMES + ("tinytest",)
+from derain_cli.registry import register_model
+register_model(make_spec())
 from derain_cli import cli
 sys.argv = ["derain"] + sys.argv[1:]
 cli.main()

@@ -48,7 +48,7 @@ def test_tiled_equals_untiled():
 
     img = (np.random.default_rng(0).random((100, 140, 3)) * 255).astype(np.uint8)
     whole = d.process(img, tile=4096)
-    tiled = d.process(img, tile=48, tile_overlap=spec.tile_margin)
+    tiled = d.process(img, tile=48, tile_overlap=d.traits.tile_margin)
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
 
 

@@ -61,8 +61,8 @@ def test_tiled_equals_untiled(models, kind, margin):
     assert np.abs(seams - whole).max() > 1 / 255
 
 
-#: What ``tile_safe`` promises: tiled output within this PSNR (8-bit RGB) of the whole image at
-#: the default overlap (``tile_margin``), whatever the tile size.
+#: What exact tiling (``Traits.exact_tiles``) promises: tiled output within this PSNR (8-bit RGB)
+#: of the whole image at the default overlap (``tile_margin``), whatever the tile size.
 TILE_SAFE_PSNR = 45.0
 #: Models with per-tile statistics only promise that the wide fades keep tiles close.
 TILE_UNSAFE_PSNR = 30.0
@@ -72,23 +72,24 @@ TILE_UNSAFE_PSNR = 30.0
 def test_every_model_tiles_as_its_traits_promise(name):
     from conftest import make_rainy_pair
     from derain_cli.metrics import psnr_rgb
-    from derain_cli.registry import MODEL_NAMES
+    from derain_cli.registry import model_names
 
-    assert set(TINY_CONFIGS) == set(MODEL_NAMES)  # a new architecture needs a tiny config here
+    assert set(TINY_CONFIGS) == set(model_names())  # a new architecture needs a tiny config here
     spec, config, net = tiny_net(name)
     derainer = Derainer(spec, config, randomize(net), torch.device("cpu"))
-    if spec.tile_safe:
+    traits = derainer.traits
+    if traits.exact_tiles:
         h, w, tile = 160, 200, 64
     else:  # the smallest tiles it allows, on an image that needs four
-        h, w, tile = spec.min_tile + 96, spec.min_tile + 160, spec.min_tile
+        h, w, tile = traits.min_tile + 96, traits.min_tile + 160, traits.min_tile
     rainy, _ = make_rainy_pair(h, w, seed=3)
     whole = derainer.process(rainy, tile=max(h, w))
     assert derainer.last_tile == 0 and psnr_rgb(whole, rainy) < 30  # the net really changes the image
     tiled = derainer.process(rainy, tile=tile)
-    assert derainer.last_tile == tile and derainer.last_overlap >= spec.tile_margin
+    assert derainer.last_tile == tile and derainer.last_overlap >= traits.tile_margin
     score = psnr_rgb(tiled, whole)
-    assert score >= (TILE_SAFE_PSNR if spec.tile_safe else TILE_UNSAFE_PSNR), (name, score)
-    if spec.tile_safe:  # the check has teeth: without context the tiles disagree
+    assert score >= (TILE_SAFE_PSNR if traits.exact_tiles else TILE_UNSAFE_PSNR), (name, score)
+    if traits.exact_tiles:  # the check has teeth: without context the tiles disagree
         assert psnr_rgb(derainer.process(rainy, tile=tile, tile_overlap=0), whole) < TILE_SAFE_PSNR
 
 

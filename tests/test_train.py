@@ -245,7 +245,7 @@ spec = engine.get_spec("semimsn")
 def recipe(*a, **k):
     captured.append(spec.recipe(*a, **k))
     return captured[-1]
-wrapped = dataclasses.replace(spec, recipe=recipe)
+wrapped = dataclasses.replace(spec, training=dataclasses.replace(spec.training, recipe=recipe))
 engine.get_spec = lambda name: wrapped
 
 root = Path(sys.argv[1])

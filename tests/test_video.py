@@ -71,12 +71,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, request):
     """The registered test-only model ``tinytest``, its weights file, and it loaded."""
     from derain_cli.api import load_model
 
     spec = make_spec()
-    install(monkeypatch, spec)
+    install(request, spec)
     weights = save_random_weights(spec, tmp_path / "tiny.safetensors")
     return weights, load_model(spec, weights=weights, device="cpu")
 

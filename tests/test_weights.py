@@ -367,10 +367,9 @@ def test_cli_models_table_survives_a_broken_model(env, published, hub_server, mo
         if name != "dualstage":
             raise ImportError(f"{name} exploded on import")
         return registry.ModelSpec(
-            name="dualstage", summary="a tiny stand-in", paper="", presets={"tiny": {"n": 1000}},
+            name="dualstage", card=registry.Card("a tiny stand-in"), presets={"tiny": {"n": 1000}},
             default_preset="tiny", build=lambda cfg: torch.nn.Linear(cfg["n"], cfg["n"]),
-            derain_net=lambda bundle, variant: bundle, modes=("paired",), recipe=None,
-            weights_entry="dualstage",
+            derain_net=lambda bundle, variant: bundle, default_for=("derain",),
         )
 
     monkeypatch.setattr(registry, "get_spec", fake_get_spec)
@@ -427,9 +426,9 @@ def test_real_model_round_trip(env):
     from derain_cli import registry
 
     try:
-        spec = registry.get_spec(registry.DEFAULT_MODEL)
+        spec = registry.get_spec(registry.default_model())
     except Exception as exc:  # the model module is written separately; this test needs it
-        pytest.skip(f"{registry.DEFAULT_MODEL} does not import yet: {exc}")
+        pytest.skip(f"the default model does not import yet: {exc}")
     config = spec.config()
     bundle = spec.build(config)
     path = env / f"{spec.name}.safetensors"

@@ -18,8 +18,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "derain_cli" / "data" / "weights
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    return installed_tiny_weights(tmp_path, monkeypatch)
+def tiny(tmp_path, request):
+    return installed_tiny_weights(tmp_path, request)
 
 
 def _png(path: Path) -> Path:

@@ -34,7 +34,3 @@ def tiny_config(name: str) -> dict:
 
     return get_spec(name).config("cpu", **TINY[name])
 
-
-#: Smallest image side each tiny model takes through ``Derainer.process_tensor``. dcdgan's
-#: reflection pads need at least 2 pixels after its two stride-2 stages: 5 (padded to 8).
-MIN_SIDE: dict[str, int] = {"dualstage": 1, "semimsn": 1, "dcdgan": 5, "jrgr": 1, "rainfog": 1}

@@ -4,13 +4,13 @@ Used by the inference-core tests so they do not depend on any trained architectu
 """
 from __future__ import annotations
 
-import types
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from derain_cli.registry import ModelSpec
+from derain_cli.registry import Card, ModelSpec, Tiling, Traits, register_model, unregister_model
 from derain_cli.weightfile import save_weights
 from tiny_configs import TINY as TINY_CONFIGS  # every architecture, small (tiling, ONNX tests)
 
@@ -84,27 +84,26 @@ def _build(config):
 
 
 def make_spec(name: str = "tinytest", kind: str = "conv", **fields) -> ModelSpec:
+    """A spec of one of the nets above; ``fields`` set spec fields or :class:`Traits` fields."""
     config = {"width": 8, "layers": 3, "kind": kind, "rain": True}
+    traits = dict(tile_margin=8, bytes_per_pixel=256.0)
+    if kind == "unet":
+        traits.update(size_multiple=4, tile_margin=16)
+    if kind == "norm":
+        traits.update(tiling=Tiling.APPROXIMATE, min_tile=96, tile_margin=16)
+    trait_names = {f.name for f in dataclasses.fields(Traits)}
+    traits.update({k: v for k, v in fields.items() if k in trait_names})
     base = dict(
         name=name,
-        summary="test-only tiny net",
-        paper="none",
+        card=Card("test-only tiny net"),
         presets={"tiny": config},
         default_preset="tiny",
         build=_build,
         derain_net=lambda bundle, variant: bundle.derain,
-        modes=("paired",),
-        recipe=object,
-        weights_entry=name,
         rainify_net=lambda bundle: bundle.rain,
-        tile_margin=8,
-        bytes_per_pixel=256.0,
+        traits_of=lambda cfg: Traits(**traits),
     )
-    if kind == "unet":
-        base.update(size_multiple=4, tile_margin=16)
-    if kind == "norm":
-        base.update(tile_safe=False, min_tile=96, tile_margin=16)
-    base.update(fields)
+    base.update({k: v for k, v in fields.items() if k not in trait_names})
     return ModelSpec(**base)
 
 
@@ -142,22 +141,16 @@ def save_random_weights(spec: ModelSpec, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def install(monkeypatch, spec: ModelSpec) -> None:
-    """Make ``spec`` resolvable by name through the real registry (``--model NAME``)."""
-    import sys
-
-    from derain_cli import registry
-
-    module = types.ModuleType(f"derain_cli.models.{spec.name}")
-    module.SPEC = spec
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setattr(registry, "MODEL_NAMES", registry.MODEL_NAMES + (spec.name,))
+def install(request, spec: ModelSpec) -> None:
+    """Register ``spec`` through the public API for one test (``--model NAME`` finds it); removed after it."""
+    register_model(spec)
+    request.addfinalizer(lambda: unregister_model(spec.name))
 
 
-def installed_tiny_weights(tmp_path: Path, monkeypatch) -> Path:
+def installed_tiny_weights(tmp_path: Path, request) -> Path:
     """Register the tiny test model and save random weights for it: the body of a ``tiny`` fixture."""
     spec = make_spec()
-    install(monkeypatch, spec)
+    install(request, spec)
     return save_random_weights(spec, tmp_path / "tiny.safetensors")
 
 

@@ -13,10 +13,6 @@ import typer
 
 from ..errors import DerainError
 
-#: Registered models that have a clean -> rainy generator.
-RAINIFY_MODELS = ("dcdgan", "jrgr", "rainfog")
-
-
 def collect_images(inputs: list[Path]) -> list[Path]:
     """Expand folders to the images inside them (sorted); files are kept as given."""
     from ..imageio import IMAGE_SUFFIXES, list_images
@@ -35,7 +31,8 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 def rainify_command(
     images: list[Path] = typer.Argument(..., help="Clean images or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created); files keep their input names."),
-    model: str = typer.Option("dcdgan", "--model", "-m", help=f"Model with a rain generator: {', '.join(RAINIFY_MODELS)}."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model with a rain generator (`derain models` marks them +rainify); default: the registry's."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights file (default: the registered one)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
@@ -46,12 +43,13 @@ def rainify_command(
 
     Example: derain rainify clean/ --model dcdgan -o rainy/
     """
-    from ..registry import MODEL_NAMES, get_spec
+    from ..registry import default_model, get_spec, model_names, rainify_models
 
-    if model not in MODEL_NAMES:
-        raise DerainError(f"unknown model {model!r}; models that render rain: {', '.join(RAINIFY_MODELS)}")
+    model = model or default_model("rainify")
+    if model not in model_names():
+        raise DerainError(f"unknown model {model!r}; models that render rain: {', '.join(rainify_models())}")
     if get_spec(model).rainify_net is None:
-        raise DerainError(f"model {model!r} has no rain generator; use one of: {', '.join(RAINIFY_MODELS)}")
+        raise DerainError(f"model {model!r} has no rain generator; use one of: {', '.join(rainify_models())}")
     files = collect_images(images)
     if out.exists() and not out.is_dir():
         raise DerainError(f"--out must be a folder, not the file {out}")

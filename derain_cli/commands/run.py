@@ -123,7 +123,7 @@ def _model_memory(derainer) -> dict:
         return {}
     from ..tiling import CPU_BUDGET
 
-    return {"model_bytes_per_pixel": derainer.spec.bytes_per_pixel, "model_cap": CPU_BUDGET}
+    return {"model_bytes_per_pixel": derainer.traits.bytes_per_pixel, "model_cap": CPU_BUDGET}
 
 
 def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], progress=None, **kw) -> None:

@@ -59,8 +59,8 @@ def _model_row(name: str, registry_ok: bool) -> dict[str, Any]:
     from .. import weights
     from ..registry import get_spec
 
-    row: dict[str, Any] = {"name": name, "kind": "?", "parameters": None, "weights": "?", "tags": [],
-                           "default_tag": None, "rain100l": None, "summary": ""}
+    row: dict[str, Any] = {"name": name, "kind": "?", "tasks": [], "default_for": [], "parameters": None,
+                           "weights": "?", "tags": [], "default_tag": None, "rain100l": None, "summary": ""}
     try:
         spec = get_spec(name)
     except Exception as exc:
@@ -68,6 +68,8 @@ def _model_row(name: str, registry_ok: bool) -> dict[str, Any]:
         spec = None
     else:
         row["kind"], row["summary"] = spec.kind, spec.summary
+        row["tasks"] = ["derain", "rainify"] if spec.rainify_net is not None else ["derain"]
+        row["default_for"] = list(spec.default_for)
         try:
             row["parameters"] = _parameter_count(spec)
         except Exception as exc:
@@ -113,7 +115,7 @@ def models(
     from rich.table import Table
 
     from .. import weights
-    from ..registry import DEFAULT_MODEL, MODEL_NAMES
+    from ..registry import model_names
 
     console = Console()
     try:
@@ -122,9 +124,10 @@ def models(
     except WeightsError as exc:
         console.print(f"[red]warning: {exc}[/]", markup=True, highlight=False)
         registry_ok = False
-    rows = [_model_row(name, registry_ok) for name in MODEL_NAMES]
+    rows = [_model_row(name, registry_ok) for name in model_names()]
+    default = next((row["name"] for row in rows if "derain" in row["default_for"]), None)
     if as_json:
-        print(json.dumps({"default": DEFAULT_MODEL, "models": rows}, indent=1))
+        print(json.dumps({"default": default, "models": rows}, indent=1))
         return
     table = Table(title="derain models", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("name", "kind", "params", "weights tags", "Rain100L"):
@@ -132,12 +135,13 @@ def models(
                          no_wrap=col != "weights tags", overflow="fold")
     for row in rows:
         params = _human_count(row["parameters"]) if row["parameters"] is not None else "?"
-        table.add_row(row["name"] + (" (default)" if row["name"] == DEFAULT_MODEL else ""), row["kind"], params,
+        table.add_row(row["name"] + (" (default)" if row["name"] == default else ""), row["kind"], params,
                       _tags_cell(row), _score_cell(row["rain100l"]))
     console.print(table)
     console.print("* the tag a bare --model NAME uses; others: --model NAME.TAG", highlight=False)
     for row in rows:
-        console.print(f"[bold]{row['name']}[/]: {row['summary']}", highlight=False)
+        rainify = " (+rainify)" if "rainify" in row["tasks"] else ""
+        console.print(f"[bold]{row['name']}[/]: {row['summary']}{rainify}", highlight=False)
 
 
 @weights_app.command("list")

@@ -1,1 +1,1 @@
-"""One module per architecture; each defines ``SPEC`` (see :mod:`derain_cli.registry`)."""
+"""One module per built-in architecture; each registers its spec (``register_model``, :mod:`derain_cli.registry`)."""

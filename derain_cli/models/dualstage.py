@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import ModelSpec
-from ..train.recipe import Recipe
-from .common import (FullResRefiner, ResBlock, box_extreme, charbonnier, crop_to_box, edge_loss, pad_to_multiple,
-                     shifted_extreme)
+from ..registry import Card, ModelSpec, Tiling, Training, Traits, register_model
+from .common import FullResRefiner, ResBlock, box_extreme, crop_to_box, pad_to_multiple, shifted_extreme
 
 # ---------------------------------------------------------------------------- mask
 
@@ -460,41 +458,18 @@ PRESETS = {
 }
 
 
-class DualStageRecipe(Recipe):
-    """Progressive supervision: Charbonnier on both stages, edge loss on the final image."""
-
-    lr = 5e-4
-
-    def train_step(self, batch, step):
-        net = self.nets["bundle"]  # called directly, so a DDP wrapper syncs the gradients
-        coarse, final = net(batch["rainy"], stages=True)
-        clean = batch["clean"]
-        l1 = charbonnier(coarse.float(), clean)
-        l2 = charbonnier(final.float(), clean)
-        le = edge_loss(final.float(), clean)
-        loss = 0.5 * l1 + l2 + 0.05 * le
-        self.optimize(loss)
-        return {"loss": loss.detach(), "coarse": l1.detach(), "final": l2.detach()}
-
-
-SPEC = ModelSpec(
-    name="dualstage",
-    summary="Rain-streak mask attention, then clustered non-local + window attention (supervised).",
-    paper="Hou et al., Dual-stage deraining network based on mask and non-local attention, 2026",
-    presets=PRESETS,
-    default_preset="cpu",
-    build=lambda cfg: DualStageNet(cfg),
-    derain_net=lambda bundle, variant: bundle,
-    modes=("paired",),
-    recipe=DualStageRecipe,
-    weights_entry="dualstage",
-    input_range=(0.0, 1.0),
-    size_multiple=1,  # the network pads internally
+def traits(config: dict) -> Traits:
+    """Any size (the network pads to its attention windows itself); tiles are exact through
+    :meth:`DualStageNet.tile_context`."""
     # The attention blocks (k-means, GroupNorm: image-wide) run once on the whole image at
     # quarter resolution (DualStageNet.tile_context); the rest is local with a margin under
     # TILE_MARGIN, plus up to 3 pixels each tile gives up to meet the quarter-resolution grid.
-    tile_safe=True,
-    tile_margin=TILE_MARGIN + 4,
-    min_tile=0,
-    bytes_per_pixel=3000.0,
-)
+    return Traits(tiling=Tiling.CONTEXT, tile_margin=TILE_MARGIN + 4, bytes_per_pixel=3000.0)
+
+
+SPEC = register_model(ModelSpec(
+    "dualstage", build=DualStageNet, traits_of=traits, presets=PRESETS, default_for=("derain",),
+    training=Training("derain_cli.train.recipes.dualstage:DualStageRecipe", modes=("paired",)),
+    card=Card("Rain-streak mask attention, then clustered non-local + window attention (supervised).",
+              "Hou et al., Dual-stage deraining network based on mask and non-local attention, 2026"),
+))

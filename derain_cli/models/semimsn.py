@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import ModelSpec
-from ..train.recipe import Recipe
-from .common import FullResRefiner, charbonnier, crop_to_box, pad_to_multiple
+from ..registry import Card, ModelSpec, Training, Traits, register_model
+from .common import FullResRefiner, crop_to_box, pad_to_multiple
 
 
 class CCLB(nn.Module):
@@ -120,30 +119,6 @@ def matching_loss(fs: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(ms - mr) + torch.linalg.matrix_norm(cs - cr) / d
 
 
-class SemiMSNRecipe(Recipe):
-    """Supervised Charbonnier on synthetic pairs (+ w * matching loss with real rain in semi mode)."""
-
-    lr = 5e-4
-
-    def train_step(self, batch, step):
-        net = self.nets["bundle"]  # called directly, so a DDP wrapper syncs the gradients
-        model = net.module if hasattr(net, "module") else net
-        rainy, clean = batch["rainy"], batch["clean"]
-        terms = {}
-        if self.mode == "semi":
-            out, fs, fr = net(rainy, batch["real"])
-            match = matching_loss(fs, fr)
-            terms["match"] = match
-        else:
-            out = net(rainy)
-            match = 0.0
-        rec = charbonnier(out.float(), clean)
-        loss = rec + self.config["match_weight"] * match
-        terms = {"loss": loss, "rec": rec, **terms}
-        self.optimize(loss)
-        return {k: v.detach() for k, v in terms.items()}
-
-
 PRESETS = {
     "cpu": dict(channels=24, unshuffle=2, cclb_depth=2, matching_blocks=1, units=3, scales=3, match_weight=1.0,
                 fullres_blocks=8, fullres_width=32),
@@ -151,20 +126,16 @@ PRESETS = {
                   fullres_blocks=0, fullres_width=32),
 }
 
-SPEC = ModelSpec(
-    name="semimsn",
-    summary="Multi-scale deraining units; semi-supervised mean/covariance matching with real rain.",
-    paper="Qiu et al., Single image de-raining algorithm based on semi-supervised learning",
-    presets=PRESETS,
-    default_preset="cpu",
-    build=lambda cfg: SemiMSN(cfg),
-    derain_net=lambda bundle, variant: bundle,
-    modes=("semi", "paired"),
-    recipe=SemiMSNRecipe,
-    weights_entry="semimsn",
-    # pixel-unshuffle (2) x the coarsest max-pool (4): tiles must start on this grid.
-    size_multiple=8,
-    tile_safe=True,
-    tile_margin=48,
-    bytes_per_pixel=1500.0,
-)
+def traits(config: dict) -> Traits:
+    """Tiles must start on the grid of the pixel-unshuffle times the coarsest max-pool
+    (``2 ** (scales - 1)``) to see the pooling windows the whole image sees."""
+    c = {**PRESETS["cpu"], **config}
+    return Traits(size_multiple=c["unshuffle"] * 2 ** (c["scales"] - 1), tile_margin=48, bytes_per_pixel=1500.0)
+
+
+SPEC = register_model(ModelSpec(
+    "semimsn", build=SemiMSN, traits_of=traits, presets=PRESETS,
+    training=Training("derain_cli.train.recipes.semimsn:SemiMSNRecipe", modes=("semi", "paired")),
+    card=Card("Multi-scale deraining units; semi-supervised mean/covariance matching with real rain.",
+              "Qiu et al., Single image de-raining algorithm based on semi-supervised learning"),
+))

@@ -76,7 +76,7 @@ def _data(params: dict[str, Any]) -> tuple[str, Any]:
 
 def _model(params: dict[str, Any], explicit: set[str], mode: str) -> str:
     """``--model``, the resumed run's, or the default for the data (said in one line)."""
-    from ..registry import DEFAULT_TRAIN_MODELS
+    from ..registry import default_model
 
     resume, model = params["resume"], params["model"]
     saved = run_state(resume).get("options") if resume is not None else None
@@ -86,7 +86,7 @@ def _model(params: dict[str, Any], explicit: set[str], mode: str) -> str:
     elif resume is not None and explicit & {"sets", "preset"}:
         check_against_run(params, explicit & {"sets", "preset"}, {})
     if model is None:
-        model = DEFAULT_TRAIN_MODELS[mode]
+        model = default_model(mode)
         print(f"derain: training {model}, the default for --{mode} data (choose another with --model)",
               file=sys.stderr)
     return model

@@ -217,7 +217,7 @@ class Trainer:
     def validate(self) -> float:
         """Score every validation set (mean = the run's score), log it, export ``best.safetensors`` on a record."""
         source = self.ema if self.ema is not None else self.recipe.bundle
-        scores = {name: validate(self.spec, source, self.recipe.val_variant, pairs, self.device)
+        scores = {name: validate(self.spec, source, self.recipe.val_variant, pairs, self.device, config=self.config)
                   for name, pairs in self.val_sets.items()}
         score = float(np.mean(list(scores.values())))
         self.log({"step": self.steps_done, "val_psnr_y": round(score, 4),

@@ -10,7 +10,8 @@ from ..errors import DerainError
 from .data import load_paired
 
 
-def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.ndarray]], device) -> float:
+def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.ndarray]], device, *,
+             config: dict) -> float:
     """Mean Y-channel PSNR of the derained validation images, through ``derain run``'s inference path.
 
     Whole images via ``Derainer.process_tensor`` (padding, input range, clamping) and
@@ -24,7 +25,7 @@ def validate(spec, bundle, variant: str, pairs: tuple[list[np.ndarray], list[np.
     net = spec.derain_net(bundle, variant)
     was_training = net.training
     net.eval()
-    derainer = Derainer(spec, {}, net, torch.device(device))
+    derainer = Derainer(spec, config, net, torch.device(device))  # the traits of the config being trained
     scores = []
     for rainy, clean in zip(*pairs):
         try:
