@@ -94,20 +94,33 @@ def test_spec_declares_tiles_safe_with_the_measured_margin():
 
 
 def test_margin_bounds_the_local_receptive_field():
-    # With the attention blocks' output fixed (the context), an output pixel depends only on
-    # input pixels within TILE_MARGIN: redraw everything farther away and it does not move.
+    # With the context fixed (both blocks' output), an output pixel depends only on input pixels
+    # within local_margins: redraw everything farther away and it does not move.
     net = _random_net(gain=1.5)  # large enough that far paths do not fade below float noise
     x = torch.rand(1, 3, 200, 232)
-    m, (cy, cx) = dualstage.TILE_MARGIN, (100, 116)
+    m, (cy, cx) = sum(dualstage.local_margins(net.cfg)), (100, 116)
+    assert m <= dualstage.TILE_MARGIN
     far = torch.rand_like(x)
     far[..., cy - m:cy + m + 1, cx - m:cx + m + 1] = x[..., cy - m:cy + m + 1, cx - m:cx + m + 1]
     with torch.inference_mode():
         ctx = net.tile_context(x, 1024)
         near = net.forward_tile(x, ctx, (0, 0))[..., cy, cx]
         assert torch.equal(net.forward_tile(far, ctx, (0, 0))[..., cy, cx], near)
-        closer = far.clone()  # the margin is not loose: a change 20 pixels inside it shows
-        closer[..., cy - m + 19:cy - m + 22, cx - 1:cx + 2] += 0.5
+        closer = far.clone()  # the margin is not loose: a change through the refiner's reach shows
+        closer[..., cy - 20:cy - 17, cx - 1:cx + 2] += 0.5
         assert not torch.equal(net.forward_tile(closer, ctx, (0, 0))[..., cy, cx], near)  # bitwise, as above
+
+
+def test_window_computes_only_what_is_kept_and_the_same_values():
+    net = _random_net(**TINY)
+    x = torch.rand(1, 3, 150, 131)
+    with torch.inference_mode():
+        ctx = net.tile_context(x, 64)
+        tile = x[..., 40:120, 28:100]
+        full = net.forward_tile(tile, ctx, (40, 28))
+        part = net.forward_tile(tile, ctx, (40, 28), window=(30, 50, 20, 44))
+    assert torch.allclose(part[..., 30:50, 20:44], full[..., 30:50, 20:44], atol=1e-5)
+    assert not torch.allclose(part, full, atol=1e-3)  # outside the window it was not computed
 
 
 @pytest.mark.parametrize("head_tile,chunk", [(32, 40), (64, 1 << 16), (4096, 100)])
@@ -118,8 +131,11 @@ def test_context_equals_the_whole_image_attention(head_tile, chunk, monkeypatch)
     with torch.inference_mode():
         xp, _ = dualstage.pad_to_multiple(x, net.multiple)
         whole = net.stage2.blocks(net.stage2.down(net._head(xp)[1]))
+        mask = net.mask(xp)
+        blocks = net.stage1.run_blocks(net.stage1.features(xp, mask), mask)
         ctx = net.tile_context(x, head_tile)
     assert ctx.g.shape == whole.shape and torch.allclose(ctx.g, whole, atol=1e-5)
+    assert ctx.g1.shape == blocks.shape and torch.allclose(ctx.g1, blocks, atol=1e-5)
 
 
 @pytest.mark.parametrize("flips", [1, 2])
