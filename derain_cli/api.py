@@ -107,6 +107,8 @@ class Derainer:
         self.ensemble = flip_views(ensemble)
         #: Feed the net channels_last tensors (its weights are stored so; see :func:`load_model`).
         self.channels_last = channels_last
+        #: Called as ``progress(done, total)`` before the first tile and after each, in :meth:`process` (a progress bar).
+        self.progress: tiling.Progress | None = None
         #: Tile side and overlap used by the last :meth:`process` call (tile 0 = whole image).
         self.last_tile = 0
         self.last_overlap = 0
@@ -125,13 +127,15 @@ class Derainer:
 
     # -- tensors ------------------------------------------------------------------
     def process_tensor(
-        self, x: torch.Tensor, *, context: Any = None, origin: tuple[int, int] = (0, 0), clamp: bool = True
+        self, x: torch.Tensor, *, context: Any = None, origin: tuple[int, int] = (0, 0), clamp: bool = True,
+        window: tuple[int, int, int, int] | None = None,
     ) -> torch.Tensor:
         """``B x 3 x H x W`` float in [0, 1] -> same, float32 on the model's device.
 
         Any H, W: the input is reflect-padded to the model's size multiple and the
         result cropped back. No tiling here (see :meth:`process`). With a ``context``
-        (:meth:`tile_context`), ``x`` is the tile at ``origin`` of that image, one flip view;
+        (:meth:`tile_context`), ``x`` is the tile at ``origin`` of that image, one flip view, and
+        only its ``window`` (rows i0:i1, columns j0:j1) need be computed;
         ``clamp=False`` keeps values outside [0, 1] for averaging views.
         """
         if x.ndim != 4 or x.shape[1] != 3:
@@ -144,7 +148,7 @@ class Derainer:
         with self._inference():
             x = self._to_net(x)
             if context is not None:
-                y = self._forward(x, context=context, origin=origin)
+                y = self._forward(x, context=context, origin=origin, window=window)
             else:
                 y = self._ensemble_forward(x) if self.ensemble > 1 else self._forward(x)
             y = y[..., :h, :w].float()
@@ -222,6 +226,8 @@ class Derainer:
                 multiple=traits.size_multiple,
                 min_tile=traits.min_tile,
             )
+            if tile and self.shares_context and self.device.type == "cpu":
+                tile = max(tile, tiling.CPU_SHARED_TILE)
         elif not traits.exact_tiles:
             tile = max(tile, traits.min_tile)  # global statistics need big tiles
         if tile and not traits.exact_tiles:
@@ -255,6 +261,7 @@ class Derainer:
             device=self.device,
             min_tile=self.traits.min_tile if not self.traits.exact_tiles else 0,
             notify=self.notify,
+            progress=self.progress,
         )
         return tiling.from_unit(out, rgb.dtype)
 
@@ -271,7 +278,7 @@ class Derainer:
             fn = _SharedContextTiles(self, view)
             out, tile = tiling.run_with_retry(
                 fn, view, tile=tile, overlap=overlap, multiple=self.traits.size_multiple, device=self.device,
-                notify=self.notify, origin=True, clip=self.ensemble == 1,
+                notify=self.notify, origin=True, clip=self.ensemble == 1, progress=self.progress,
             )
             del fn
             out = np.flip(out, axes) if axes else out
@@ -323,10 +330,11 @@ class _SharedContextTiles:
     def __init__(self, derainer: Derainer, image: np.ndarray):
         self.derainer, self.image, self.context = derainer, image, None
 
-    def __call__(self, x: torch.Tensor, origin: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, origin: tuple[int, int], window: tuple[int, int, int, int]) -> torch.Tensor:
         if self.context is None:
             self.context = self.derainer.tile_context(self.image, tile=max(x.shape[-2:]))
-        return self.derainer.process_tensor(x, context=self.context, origin=origin, clamp=self.derainer.ensemble == 1)
+        return self.derainer.process_tensor(x, context=self.context, origin=origin, clamp=self.derainer.ensemble == 1,
+                                            window=window)
 
 
 def compare_path(output: str | os.PathLike) -> Path:

@@ -30,8 +30,11 @@ from .models.common import pad_to_multiple as _pad
 #: ``fn`` maps a ``1 x 3 x h x w`` float32 tensor in [0, 1] (h, w multiples of
 #: ``size_multiple``) to a tensor of the same shape. With ``origin=True`` it is also
 #: given the tile's top-left ``(row, column)`` in the image, for models that take each
-#: tile's part from something computed once on the whole image (see ``api.Derainer``).
+#: tile's part from something computed once on the whole image (see ``api.Derainer``),
+#: and the window ``(i0, i1, j0, j1)`` of the tile that is kept: only that part must be right.
 TileFn = Callable[..., torch.Tensor]
+#: ``progress(done, total)`` before the first tile and after each.
+Progress = Callable[[int, int], None]
 
 #: Smallest tile automatic sizing or OOM halving will go down to.
 MIN_TILE = 64
@@ -39,6 +42,9 @@ MIN_TILE = 64
 MEMORY_SHARE = {"cuda": 0.7, "mps": 0.5, "cpu": 0.5}
 #: On the CPU bigger tiles are not faster; stay friendly to the rest of the machine.
 CPU_BUDGET = 2 << 30
+#: Automatic CPU tile of models that share a per-image context (``api.Derainer.shares_context``): their
+#: tiles need far less memory than the whole model, and beyond this the overlap saved no longer pays.
+CPU_SHARED_TILE = 1024
 
 
 def _round_up(x: int, m: int) -> int:
@@ -72,6 +78,8 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[S
     if tile <= 0 or tile >= length:
         return [Span(0, length, 0, length, np.ones(length, np.float32))]
     tile = max(multiple, _round_down(tile, multiple))
+    # As many tiles as ``tile`` needs, of even size: no thin last tile that is mostly context.
+    tile = min(tile, _round_up(-(-length // -(-length // tile)), multiple))
     half = min(overlap // 2, tile // 2)  # fade half-width
     context = overlap + half  # from a core edge to the edge of what the tile reads
     spans = []
@@ -126,10 +134,13 @@ def run_tiles(
     out: np.ndarray | None = None,
     origin: bool = False,
     clip: bool = True,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Apply ``fn`` tile by tile; returns ``H x W x 3`` float32 in [0, 1] (``out`` reused if given).
 
     ``clip=False`` leaves values outside [0, 1], for callers that average several results first.
+    A new ``out`` is left to the allocator's zero pages, so a 24 MP result only takes memory as
+    tiles fill it (a model's context computed on the first tile does not have it to share).
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise DerainError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
@@ -148,19 +159,23 @@ def run_tiles(
     for c in cols:
         col_sum[c.dst0 : c.dst1] += c.weights
 
-    for r in rows:
-        for c in cols:
-            patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
-            if scale != 1.0:
-                patch *= np.float32(1.0 / scale)
-            x = torch.from_numpy(patch).permute(2, 0, 1)[None]
-            x = pad_to_multiple(x, multiple)
-            y = fn(x, (r.src0, c.src0)) if origin else fn(x)
-            y = y[0, :, : r.src1 - r.src0, : c.src1 - c.src0].float().cpu().numpy().transpose(1, 2, 0)
-            y = y[r.dst0 - r.src0 : r.dst1 - r.src0, c.dst0 - c.src0 : c.dst1 - c.src0]
-            weight = r.weights[:, None, None] * c.weights[None, :, None]
-            out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y * weight
-            del x, y, patch
+    if progress:
+        progress(0, len(rows) * len(cols))  # before the first tile, which may compute a model's context
+    for n, (r, c) in enumerate(((r, c) for r in rows for c in cols), 1):
+        patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
+        if scale != 1.0:
+            patch *= np.float32(1.0 / scale)
+        x = torch.from_numpy(patch).permute(2, 0, 1)[None]
+        x = pad_to_multiple(x, multiple)
+        keep = (r.dst0 - r.src0, r.dst1 - r.src0, c.dst0 - c.src0, c.dst1 - c.src0)
+        y = fn(x, (r.src0, c.src0), keep) if origin else fn(x)
+        y = y[0, :, keep[0] : keep[1], keep[2] : keep[3]].float().cpu().numpy().transpose(1, 2, 0)
+        y *= r.weights[:, None, None]
+        y *= c.weights[None, :, None]
+        out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y
+        del x, y, patch
+        if progress:
+            progress(n, len(rows) * len(cols))
 
     inv_col = (1.0 / col_sum).astype(np.float32)[None, :, None]
     for y0 in range(0, h, 256):  # normalise in row chunks: no image-sized temporaries
@@ -218,16 +233,14 @@ def run_with_retry(
     notify: Notify = say,
     origin: bool = False,
     clip: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, int]:
     """:func:`run_tiles`, halving the tile on out-of-memory; returns ``(result, tile used)``."""
     floor = max(MIN_TILE, min_tile, multiple)
-    out = None
     while True:
         try:
-            if out is None:
-                out = np.zeros((image.shape[0], image.shape[1], 3), np.float32)
-            return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out, origin=origin,
-                             clip=clip), tile
+            return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, origin=origin, clip=clip,
+                             progress=progress), tile
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
