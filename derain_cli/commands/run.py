@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
@@ -126,6 +127,38 @@ def _model_memory(derainer) -> dict:
     return {"model_bytes_per_pixel": derainer.traits.bytes_per_pixel, "model_cap": CPU_BUDGET}
 
 
+@contextmanager
+def _tile_bar(derainer):
+    """A progress bar over the tiles of one big photo, on stderr (none for a photo run whole)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    tasks: list = []
+    started: list = []  # stopping a bar that never started still prints a blank line
+
+    def update(done: int, total: int) -> None:
+        if total <= 1:
+            return
+        if not tasks:  # each pass (one per flip view) gets a fresh bar
+            if not started:
+                bar.start()
+                started.append(True)
+            tasks.append(bar.add_task("tiles", total=total))
+        bar.update(tasks[0], completed=done, total=total)
+        if done >= total:
+            bar.remove_task(tasks.pop())
+
+    derainer.progress = update
+    try:
+        yield
+    finally:
+        derainer.progress = None
+        if started:
+            bar.stop()
+
+
 def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], progress=None, **kw) -> None:
     """Check the image's size against memory (header only), then derain it into ``dst``; videos frame by frame."""
     from ..preflight import check_memory
@@ -200,8 +233,9 @@ def run(
     for img, target in zip(images, targets):
         start = time.perf_counter()
         try:
-            derain_one(derainer, img, target, max_pixels=max_pixels, quality=quality, tile=tile,
-                       tile_overlap=tile_overlap, compare=compare)
+            with _tile_bar(derainer):
+                derain_one(derainer, img, target, max_pixels=max_pixels, quality=quality, tile=tile,
+                           tile_overlap=tile_overlap, compare=compare)
         except Exception as exc:  # one bad photo must not stop the others; Ctrl-C still does
             if _debug():
                 typer.echo(_traceback_text(exc), err=True)
