@@ -317,6 +317,9 @@ class Stage2(nn.Module):
 TILE_MARGIN = 48
 #: Context each tile of :meth:`DualStageNet.tile_context` reads around its core (a multiple of 4).
 HEAD_MARGIN = 36
+#: Stage 1's blocks' output is kept in the tile context while it takes at most this much memory
+#: (float32 over a 16 MP photo; bf16 always): beyond, a 24 MP photo would pass 3 GB, and tiles run the blocks again.
+KEEP_BLOCKS_BYTES = 512 << 20
 #: Largest head tile of :meth:`DualStageNet.tile_context`: stage 1's blocks slow down on bigger maps (CPU cache).
 CONTEXT_STEP = 512
 #: Rows of the full-resolution refiner's bands in :meth:`DualStageNet.forward_tile` (see ``_refine_in_bands``).
@@ -408,8 +411,8 @@ class DualStageNet(nn.Module):
         Each head tile reads ``HEAD_MARGIN`` extra pixels on every side and keeps its core, so
         the maps equal the whole-image ones (up to float rounding) at any tile size. The padded
         image is never built whole: each tile pads its own crop where it meets the border.
-        Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel), so that
-        :meth:`forward_tile` runs only the cheap local layers again.
+        Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel, up to
+        ``KEEP_BLOCKS_BYTES``), so that :meth:`forward_tile` runs only the cheap local layers again.
         """
         h, w = x.shape[-2:]
         hp, wp = h + (-h) % self.multiple, w + (-w) % self.multiple
@@ -418,6 +421,7 @@ class DualStageNet(nn.Module):
         geometry = ((top, left, h, w), (hp, wp), mode)
         step, m = max(32, min(tile, CONTEXT_STEP) // 32 * 32), HEAD_MARGIN
         g = g1 = None
+        keep = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
         for y0 in range(0, hp, step):
             for x0 in range(0, wp, step):
                 y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
@@ -430,11 +434,14 @@ class DualStageNet(nn.Module):
                 coarse, f1 = self.stage1.finish(crop, fs, blocks)
                 part = self.stage2.down(self.stage2.features(coarse, crop, f1))
                 if g is None:
-                    g, g1 = _empty_like(part, hp // 4, wp // 4), _empty_like(blocks, hp // 2, wp // 2)
+                    g = _empty_like(part, hp // 4, wp // 4)
+                    keep = keep or blocks.element_size() < 4  # half-precision blocks: half the memory
+                    g1 = _empty_like(blocks, hp // 2, wp // 2) if keep else None
                 g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
                     part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
-                g1[..., y0 // 2:y1 // 2, x0 // 2:x1 // 2] = \
-                    blocks[..., (y0 - a0) // 2:(y1 - a0) // 2, (x0 - b0) // 2:(x1 - b0) // 2]
+                if g1 is not None:
+                    g1[..., y0 // 2:y1 // 2, x0 // 2:x1 // 2] = \
+                        blocks[..., (y0 - a0) // 2:(y1 - a0) // 2, (x0 - b0) // 2:(x1 - b0) // 2]
                 del crop, mask, fs, blocks, coarse, f1, part
         for blk in self.stage2.blocks:
             blk.forward_lean(g, LEAN_CHUNK)
@@ -452,13 +459,15 @@ class DualStageNet(nn.Module):
         """
         top, left, h, w = ctx.box
         th, tw = x.shape[-2:]
-        rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], self.local)
-        cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], self.local)
+        margins = self.local if ctx.g1 is not None else (TILE_MARGIN - self.local[1], self.local[1])
+        rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], margins)
+        cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], margins)
         (sy, ey, fy0, fy1), (sx, ex, fx0, fx1) = rows, cols
         crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex)
         mask = self.mask(crop)
         fs = self.stage1.features(crop, mask)
-        coarse, f1 = self.stage1.finish(crop, fs, ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2])
+        blocks = self.stage1.run_blocks(fs, mask) if ctx.g1 is None else ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2]
+        coarse, f1 = self.stage1.finish(crop, fs, blocks)
         f = self.stage2.features(coarse, crop, f1)
         final = self.stage2.finish(coarse, f, ctx.g[..., sy // 4:ey // 4, sx // 4:ex // 4])
         final = final[..., fy0 - sy:fy1 - sy, fx0 - sx:fx1 - sx]
