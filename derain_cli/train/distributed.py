@@ -19,15 +19,18 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def broadcast_state(nets: Iterable[Any]) -> None:
-    """Copy rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
+def broadcast_state(nets: Iterable[Any], parameters: bool = True) -> None:
+    """Copy rank 0's parameters (unless ``parameters=False``) and buffers to every rank.
+
+    Buffers alone after each step keep BatchNorm statistics as DDP keeps them.
+    """
     if not is_distributed():
         return
     import torch.distributed as dist
 
     seen: set[int] = set()
     for net in nets:
-        for t in list(net.parameters()) + list(net.buffers()):
+        for t in (list(net.parameters()) if parameters else []) + list(net.buffers()):
             if id(t) not in seen:
                 seen.add(id(t))
                 dist.broadcast(t.data, src=0)
@@ -64,17 +67,3 @@ def average_gradients(params: Iterable[Any]) -> None:
 def optimizer_params(*optimizers: Any) -> list[Any]:
     """Every parameter the optimizers update, in order, each once."""
     return list(dict.fromkeys(p for opt in optimizers for g in opt.param_groups for p in g["params"]))
-
-
-def broadcast_buffers(nets: Iterable[Any]) -> None:
-    """Rank 0's buffers (BatchNorm running statistics) to every rank, as DDP does before each forward."""
-    if not is_distributed():
-        return
-    import torch.distributed as dist
-
-    seen: set[int] = set()
-    for net in nets:
-        for b in net.buffers():
-            if id(b) not in seen:
-                seen.add(id(b))
-                dist.broadcast(b.data, src=0)

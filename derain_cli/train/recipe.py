@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .distributed import average_gradients, broadcast_buffers, optimizer_params
+from .distributed import average_gradients, broadcast_state, optimizer_params
 
 from ..errors import DerainError
 
@@ -118,7 +118,7 @@ class Recipe:
     def end_step(self) -> None:
         for s in self.schedulers.values():
             s.step()
-        broadcast_buffers(self.nets.values())
+        broadcast_state(self.nets.values(), parameters=False)
 
     @staticmethod
     def set_requires_grad(nets, flag: bool) -> None:
