@@ -138,16 +138,17 @@ def test_context_equals_the_whole_image_attention(head_tile, chunk, monkeypatch)
     assert ctx.g1.shape == blocks.shape and torch.allclose(ctx.g1, blocks, atol=1e-5)
 
 
-@pytest.mark.parametrize("flips,keep", [(1, True), (2, True), (1, False)])
-def test_tiled_matches_whole_image(flips, keep, monkeypatch):
+@pytest.mark.parametrize("flips,keep,veil", [(1, True, 0), (2, True, 0), (1, False, 0), (1, True, 4)])
+def test_tiled_matches_whole_image(flips, keep, veil, monkeypatch):
     from derain_cli.api import Derainer
 
     if not keep:  # a photo too big to keep stage 1's blocks: tiles run them again, same result
         monkeypatch.setattr(dualstage, "KEEP_BLOCKS_BYTES", 0)
 
     spec = get_spec("dualstage")
-    net = _random_net(**TINY)
-    d = Derainer(spec, spec.config(**TINY), net, torch.device("cpu"), ensemble=flips)
+    cfg = {**TINY, "veil_width": veil, "veil_scale": 4}  # the veil head: an image-wide map tiles share
+    net = _random_net(**cfg)
+    d = Derainer(spec, spec.config(**cfg), net, torch.device("cpu"), ensemble=flips)
     img = np.random.default_rng(0).random((150, 203, 3)).astype(np.float32)
     whole = d.process(img, tile=4096)
     tiled = d.process(img, tile=48)

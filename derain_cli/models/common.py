@@ -154,3 +154,70 @@ class FullResRefiner(nn.Module):
 
     def forward(self, rainy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + self.tail(self.blocks(self.head(torch.cat([rainy, out], 1))))
+
+
+class VeilHead(nn.Module):
+    """Rain accumulation undone first: a smooth per-pixel gain and offset, ``x * (1 + g) + o``.
+
+    Heavy rain scatters light into a veil over whole regions (JORDER's ``O = a B + (1 - a) A``).
+    Streak layers are local and thin; the veil is neither, and local stages trained on it learn
+    to leave it (a uniform veil they were trained on passes through them unchanged). This head
+    reads a ``scale``-times smaller copy (block means and block minima, the dark-channel cue), so
+    its receptive field spans ``~17 * scale`` pixels, and predicts the correction there; it is
+    upsampled bilinearly. Its last conv starts at zero: grown onto trained weights
+    (``derain train --init`` with ``--set veil_width=N``) it first changes nothing.
+    """
+
+    def __init__(self, width: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.body = nn.Sequential(
+            nn.Conv2d(6, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.GELU(),
+            nn.Conv2d(width, 4, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "VeilHead | None":
+        """The head a config asks for, or None (``veil_width`` 0, or older weights without the key)."""
+        width = cfg.get("veil_width", 0)
+        return cls(width, cfg.get("veil_scale", 8)) if width else None
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Block means and minima (``1 x 6 x ceil(H/scale) x ceil(W/scale)``); exact on bands of ``scale`` rows."""
+        x = x.float()
+        return torch.cat([F.avg_pool2d(x, self.scale, ceil_mode=True),
+                          -F.max_pool2d(-x, self.scale, ceil_mode=True)], 1)
+
+    def params(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The low-resolution correction map ``1 x 4 x h x w`` (gain, offset RGB) from :meth:`pool`'s output."""
+        return self.body(pooled)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """``x`` (the part of the image at ``origin``) corrected by ``params`` (the whole image's)."""
+        p = upsample_part(params, self.scale, origin, x.shape[-2:]).to(x.dtype)
+        return x * (1 + p[:, :1]) + p[:, 1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.params(self.pool(x)))
+
+
+def _lerp_axis(start: int, n: int, scale: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear indices and weights along one axis: pixel ``i`` sits at ``(i + 0.5) / scale - 0.5`` of the grid."""
+    pos = ((torch.arange(start, start + n, device=device, dtype=torch.float32) + 0.5) / scale - 0.5).clamp(0, size - 1)
+    i0 = pos.floor().long()
+    return i0, (i0 + 1).clamp(max=size - 1), pos - i0
+
+
+def upsample_part(grid: torch.Tensor, scale: int, origin: tuple[int, int], size) -> torch.Tensor:
+    """Rows and columns ``origin + [0, size)`` of ``grid`` upsampled ``scale`` times (bilinear, edges clamped).
+
+    The same values whether the whole image or one tile asks: tiles never build the full-size map.
+    """
+    r0, r1, ty = _lerp_axis(origin[0], size[0], scale, grid.shape[-2], grid.device)
+    c0, c1, tx = _lerp_axis(origin[1], size[1], scale, grid.shape[-1], grid.device)
+    rows = torch.lerp(grid[..., r0, :], grid[..., r1, :], ty.to(grid.dtype)[:, None])
+    return torch.lerp(rows[..., c0], rows[..., c1], tx.to(grid.dtype))

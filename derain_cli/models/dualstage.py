@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Card, ModelSpec, Tiling, Training, Traits, register_model
-from .common import FullResRefiner, ResBlock, box_extreme, crop_to_box, pad_to_multiple, shifted_extreme
+from .common import FullResRefiner, ResBlock, VeilHead, box_extreme, crop_to_box, pad_to_multiple, shifted_extreme
 
 # ---------------------------------------------------------------------------- mask
 
@@ -339,6 +339,8 @@ class TileContext:
     #: 1 x stage1_width x Hp/2 x Wp/2: stage 1's half-resolution blocks (computed for ``g`` anyway),
     #: kept so that tiles do not run them again.
     g1: torch.Tensor | None = None
+    #: 1 x 4 x H/s x W/s: the veil head's correction map over the whole (unpadded) image.
+    veil: torch.Tensor | None = None
 
 
 def local_margins(cfg: dict) -> tuple[int, int]:
@@ -363,6 +365,7 @@ class DualStageNet(nn.Module):
                              cfg["clusters"], cfg["kmeans_iters"])
         self.multiple = 4 * cfg["window"]
         self.fullres = FullResRefiner.from_config(cfg)
+        self.veil = VeilHead.from_config(cfg)
 
     def mask(self, x):
         c = self.cfg
@@ -370,6 +373,8 @@ class DualStageNet(nn.Module):
                          softness=c["mask_softness"], tolerance=c["mask_tolerance"])
 
     def forward_stages(self, x):
+        if self.veil is not None:
+            x = self.veil(x)
         xp, box = pad_to_multiple(x, self.multiple)
         m = self.mask(xp)
         coarse, f1 = self.stage1(xp, m)
@@ -421,13 +426,15 @@ class DualStageNet(nn.Module):
         geometry = ((top, left, h, w), (hp, wp), mode)
         step, m = max(32, min(tile, CONTEXT_STEP) // 32 * 32), HEAD_MARGIN
         g = g1 = None
+        veil = self._veil_params(x)
+        prepare = (lambda part, at: self.veil.apply(part, veil, at)) if veil is not None else None
         keep = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
         for y0 in range(0, hp, step):
             for x0 in range(0, wp, step):
                 y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
                 a1, b1 = min(hp, y1 + m), min(wp, x1 + m)
                 a0, b0 = max(0, min(y0 - m, a1 - 96)), max(0, min(x0 - m, b1 - 96))  # 96: room to reflect
-                crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1)
+                crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1, prepare)
                 mask = self.mask(crop)
                 fs = self.stage1.features(crop, mask)
                 blocks = self.stage1.run_blocks(fs, mask)
@@ -445,7 +452,15 @@ class DualStageNet(nn.Module):
                 del crop, mask, fs, blocks, coarse, f1, part
         for blk in self.stage2.blocks:
             blk.forward_lean(g, LEAN_CHUNK)
-        return TileContext(g, *geometry, g1=g1)
+        return TileContext(g, *geometry, g1=g1, veil=veil)
+
+    def _veil_params(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The veil head's map of the whole image, pooled in bands (no float copy of a big photo)."""
+        if self.veil is None:
+            return None
+        band = self.veil.scale * 64
+        pooled = torch.cat([self.veil.pool(x[..., r:r + band, :]) for r in range(0, x.shape[-2], band)], -2)
+        return self.veil.params(pooled)
 
     def forward_tile(self, x: torch.Tensor, ctx: "TileContext", origin: tuple[int, int],
                      window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
@@ -463,7 +478,8 @@ class DualStageNet(nn.Module):
         rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], margins)
         cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], margins)
         (sy, ey, fy0, fy1), (sx, ex, fx0, fx1) = rows, cols
-        crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex)
+        prepare = (lambda part, at: self.veil.apply(part, ctx.veil, at)) if ctx.veil is not None else None
+        crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex, prepare)
         mask = self.mask(crop)
         fs = self.stage1.features(crop, mask)
         blocks = self.stage1.run_blocks(fs, mask) if ctx.g1 is None else ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2]
@@ -475,7 +491,10 @@ class DualStageNet(nn.Module):
         i0, i1 = fy0 - top - origin[0], fy1 - top - origin[0]
         j0, j1 = fx0 - left - origin[1], fx1 - left - origin[1]
         if self.fullres is not None:
-            final = _refine_in_bands(self.fullres, x[..., i0:i1, j0:j1], final, self.local[1])
+            xr = x[..., i0:i1, j0:j1]
+            if prepare is not None:
+                xr = prepare(xr, (origin[0] + i0, origin[1] + j0))
+            final = _refine_in_bands(self.fullres, xr, final, self.local[1])
         if (i0, j0, i1, j1) != (0, 0, th, tw):
             final = F.pad(final, (j0, tw - j1, i0, th - i1), mode="replicate")
         return final
@@ -525,18 +544,22 @@ def _tile_rows(y0: int, th: int, keep: tuple[int, int], top: int, h: int, hp: in
     return s, e, f0, f1
 
 
-def _padded_region(x: torch.Tensor, origin: tuple[int, int], geometry, sy: int, ey: int, sx: int, ex: int):
+def _padded_region(x: torch.Tensor, origin: tuple[int, int], geometry, sy: int, ey: int, sx: int, ex: int,
+                   prepare=None):
     """Rows ``[sy, ey)`` x columns ``[sx, ex)`` of the whole padded image, from ``x``: its part at ``origin``.
 
     ``geometry`` is ``(box, padded size, mode)`` of the whole image's padding. Padding is
     added only where the region leaves the image, as :func:`pad_to_multiple` did for the
     whole image (reflect falls back to replicate where a tile is thinner than its padding).
+    ``prepare(part, image_origin)`` (the veil head) runs on the image's part before the padding, as it does whole.
     """
     (top, left, h, w), _, mode = geometry
     y0, x0 = origin
     iy0, iy1 = max(sy - top, 0), min(ey - top, h)
     ix0, ix1 = max(sx - left, 0), min(ex - left, w)
     crop = x[..., iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    if prepare is not None:
+        crop = prepare(crop, (iy0, ix0))
     pads = (ix0 - (sx - left), (ex - left) - ix1, iy0 - (sy - top), (ey - top) - iy1)
     if not any(pads):
         return crop
@@ -550,11 +573,11 @@ PRESETS = {
     # full-resolution residual blocks at the end for the thin streaks.
     "cpu": dict(channels=16, stage1_width=32, stage1_blocks=3, dim=64, depth=4, heads=2, window=8, clusters=4,
                 kmeans_iters=3, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,
-                fullres_blocks=7, fullres_width=20),
+                fullres_blocks=7, fullres_width=20, veil_width=0, veil_scale=8),
     # Paper-scale for GPU users.
     "paper": dict(channels=32, stage1_width=64, stage1_blocks=8, dim=128, depth=8, heads=4, window=8, clusters=8,
                   kmeans_iters=5, tophat=5, line=7, mask_threshold=0.06, mask_softness=0.01, mask_tolerance=1,
-                  fullres_blocks=0, fullres_width=32),
+                  fullres_blocks=0, fullres_width=32, veil_width=0, veil_scale=8),
 }
 
 

@@ -125,7 +125,7 @@ class Trainer:
         if opts.init is not None:
             _, meta = load_weights(opts.init, architecture=spec.name)
             config = dict(meta["config"])
-            check_set_keys(spec, config, opts.overrides)
+            check_set_keys(spec, {**spec.config(), **config}, opts.overrides)  # growing: keys older files lack
             self.inherited_tasks = set(meta.get("tasks") or ())
             return {**config, **opts.overrides}
         try:
