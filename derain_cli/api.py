@@ -227,7 +227,7 @@ class Derainer:
                 min_tile=traits.min_tile,
             )
             if tile and self.shares_context and self.device.type == "cpu":
-                tile = max(tile, tiling.CPU_SHARED_TILE)
+                tile = tiling.CPU_SHARED_TILE
         elif not traits.exact_tiles:
             tile = max(tile, traits.min_tile)  # global statistics need big tiles
         if tile and not traits.exact_tiles:
@@ -278,7 +278,7 @@ class Derainer:
             fn = _SharedContextTiles(self, view)
             out, tile = tiling.run_with_retry(
                 fn, view, tile=tile, overlap=overlap, multiple=self.traits.size_multiple, device=self.device,
-                notify=self.notify, origin=True, clip=self.ensemble == 1, progress=self.progress,
+                notify=self.notify, origin=True, clip=self.ensemble == 1, progress=self.progress, fade=False,
             )
             del fn
             out = np.flip(out, axes) if axes else out

@@ -47,6 +47,32 @@ def test_windows_partition_unity(length, tile, overlap, multiple):
     assert weights.min() > 0 and (np.diff(spans[0].weights) <= 0).all()  # smooth fade, no hard cut
 
 
+@pytest.mark.parametrize("length,tile,overlap,multiple", [(100, 40, 8, 4), (97, 32, 6, 1), (64, 64, 8, 1), (130, 48, 40, 8)])
+def test_hard_cuts_partition_with_full_context(length, tile, overlap, multiple):
+    """``fade=False``: the cores tile the axis exactly once, with weight 1, each with ``overlap`` of context."""
+    spans = tiling.plan_axis(length, tile, overlap, multiple, fade=False)
+    assert spans[0].dst0 == 0 and spans[-1].dst1 == length
+    for a, b in zip(spans, spans[1:]):
+        assert a.dst1 == b.dst0  # no band computed by two tiles
+    for s in spans:
+        assert (s.weights == 1).all() and s.src0 % multiple == 0 and s.src0 <= s.dst0 and s.dst1 <= s.src1 <= length
+        if s.src0 > 0:
+            assert s.dst0 - s.src0 >= overlap
+        if s.src1 < length:
+            assert s.src1 - s.dst1 >= overlap
+
+
+def test_hard_cuts_equal_untiled_for_a_margin_model(models):
+    model = models["conv"]  # margin 3
+    img = _image()
+    whole = model.process(img, tile=0)
+    fn = model.process_tensor
+    cut = tiling.run_tiles(fn, img, tile=32, overlap=3, fade=False)
+    np.testing.assert_allclose(cut, whole, atol=1e-5)
+    seams = tiling.run_tiles(fn, img, tile=32, overlap=0, fade=False)
+    assert np.abs(seams - whole).max() > 1 / 255
+
+
 @pytest.mark.parametrize("kind,margin", [("conv", 3), ("unet", 16)])
 def test_tiled_equals_untiled(models, kind, margin):
     model = models[kind]
