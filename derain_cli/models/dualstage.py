@@ -427,7 +427,7 @@ class DualStageNet(nn.Module):
         step, m = max(32, min(tile, CONTEXT_STEP) // 32 * 32), HEAD_MARGIN
         g = g1 = None
         veil = self._veil_params(x)
-        prepare = (lambda part, at: self.veil.apply(part, veil, at)) if veil is not None else None
+        prepare = self._veil_fn(veil)
         keep = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
         for y0 in range(0, hp, step):
             for x0 in range(0, wp, step):
@@ -462,6 +462,10 @@ class DualStageNet(nn.Module):
         pooled = torch.cat([self.veil.pool(x[..., r:r + band, :]) for r in range(0, x.shape[-2], band)], -2)
         return self.veil.params(pooled)
 
+    def _veil_fn(self, params: torch.Tensor | None):
+        """``prepare(part, image_origin)`` for :func:`_padded_region`: the veil correction of the image's part."""
+        return None if params is None else (lambda part, at: self.veil.apply(part, params, at))
+
     def forward_tile(self, x: torch.Tensor, ctx: "TileContext", origin: tuple[int, int],
                      window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """The whole image's output over this tile (exact wherever the tile has ``TILE_MARGIN`` of context).
@@ -478,8 +482,7 @@ class DualStageNet(nn.Module):
         rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], margins)
         cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], margins)
         (sy, ey, fy0, fy1), (sx, ex, fx0, fx1) = rows, cols
-        prepare = (lambda part, at: self.veil.apply(part, ctx.veil, at)) if ctx.veil is not None else None
-        crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex, prepare)
+        crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex, self._veil_fn(ctx.veil))
         mask = self.mask(crop)
         fs = self.stage1.features(crop, mask)
         blocks = self.stage1.run_blocks(fs, mask) if ctx.g1 is None else ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2]
@@ -491,9 +494,8 @@ class DualStageNet(nn.Module):
         i0, i1 = fy0 - top - origin[0], fy1 - top - origin[0]
         j0, j1 = fx0 - left - origin[1], fx1 - left - origin[1]
         if self.fullres is not None:
-            xr = x[..., i0:i1, j0:j1]
-            if prepare is not None:
-                xr = prepare(xr, (origin[0] + i0, origin[1] + j0))
+            # the refiner's input from the crop: inside the image, already veil-corrected
+            xr = crop[..., fy0 - sy:fy1 - sy, fx0 - sx:fx1 - sx]
             final = _refine_in_bands(self.fullres, xr, final, self.local[1])
         if (i0, j0, i1, j1) != (0, 0, th, tw):
             final = F.pad(final, (j0, tw - j1, i0, th - i1), mode="replicate")
