@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .synth import depth_proxy, render_rain
+from .synth import render_rain
 
 FAMILIES = ("fine", "light", "moderate", "downpour", "sheet", "photoreal")
 
@@ -266,6 +266,20 @@ def accumulate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, d
     return alpha * img + (1 - alpha) * atmos, {"alpha": alpha, "atmospheric_light": [float(v) for v in atmos]}
 
 
+def scene_depth(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A depth in [0, 1] (1 = far) that does not follow the picture: far at the top, plus a smooth random field.
+
+    Not the image's blurred luminance (``synth.depth_proxy``): at crop scale that puts more haze
+    right around bright objects, and a model trained on it learns to darken their surroundings,
+    leaving dark halos in clean photos.
+    """
+    import cv2
+
+    ramp = np.clip(1.0 - np.linspace(0.0, 1.0, h, dtype=np.float32) + float(rng.uniform(-0.1, 0.2)), 0, 1)
+    field = cv2.resize(rng.random((3, 3), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(0.7 * ramp[:, None] + 0.3 * field, 0, 1).astype(np.float32)
+
+
 def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Depth haze ``T * O + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
     beta = float(rng.uniform(0.15, 1.2))
@@ -332,7 +346,7 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     family = kinds[int(rng.choice(len(kinds), p=p))]
     layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
     # rain is light: it adds to the scene, dimmer where the scene is far (the depth proxy)
-    depth = depth_proxy(x, "mixed", float(rng.uniform(-0.1, 0.2)))
+    depth = scene_depth(h, w, rng)
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
     tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)
     if family == "sheet":  # screen blend, as the pipeline it follows: the veil never clips highlights

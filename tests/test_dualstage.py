@@ -193,3 +193,29 @@ def test_unshuffle_conv_and_pool2_equal_the_layers_they_replace():
     assert sorted(fast.state_dict()) == ["1.bias", "1.weight"]  # the old file layout
     m = torch.rand(1, 1, 13, 10)
     assert torch.equal(dualstage.max_pool2(m), torch.nn.functional.max_pool2d(m, 2))
+
+
+def test_log_loss_is_the_mean_of_each_images_log_loss():
+    """``--set loss=log``: a light-rain crop weighs as much as a downpour's (a mean of logs, like mean PSNR)."""
+    from derain_cli.errors import DerainError
+    from derain_cli.models.common import charbonnier, edge_loss
+
+    spec = get_spec("dualstage")
+    tiny = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
+                kmeans_iters=2, fullres_blocks=1, fullres_width=4)
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32)
+    rainy = clean.clone()
+    rainy[0] += 0.5 * torch.rand(3, 32, 32)  # a downpour beside a drizzle
+    rainy[1] += 0.02 * torch.rand(3, 32, 32)
+    recipe = spec.recipe(spec, spec.config(**tiny), "paired", loss="log")
+    recipe.setup(10)
+    with torch.no_grad():
+        coarse, final = recipe.nets["bundle"](rainy, stages=True)
+        per = (0.5 * charbonnier(coarse, clean, per_image=True) + charbonnier(final, clean, per_image=True)
+               + 0.05 * edge_loss(final, clean, per_image=True))
+    assert not torch.allclose(torch.log(per).mean(), torch.log(per.mean()), atol=1e-3)  # the test can tell them apart
+    got = recipe.train_step({"rainy": rainy, "clean": clean}, 0)["loss"]
+    assert torch.allclose(got, torch.log(per).mean(), atol=1e-5)
+    with pytest.raises(DerainError, match="choose charbonnier or log"):
+        spec.recipe(spec, spec.config(**tiny), "paired", loss="l2").train_step({"rainy": rainy, "clean": clean}, 0)

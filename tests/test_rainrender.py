@@ -206,3 +206,17 @@ def test_the_render_ratio_mixes_real_and_rendered_pairs():
         # a real pair's clean crop is exactly half its rainy crop (rounded down, in 1/255 steps)
         real += sum(np.allclose(c, np.floor(r * 255 / 2) / 255, atol=1e-6) for r, c in zip(batch["rainy"], batch["clean"]))
     assert 0.25 < real / 200 < 0.55  # 40% real draws
+
+
+def test_haze_does_not_gather_around_bright_objects():
+    """Haze follows depth, not brightness: a veil thicker beside a bright object teaches dark halos."""
+    img = np.zeros((192, 192, 3), np.float32)
+    img[72:120, 72:120] = 1.0
+    cfg = RenderConfig(mix={"fine": 1.0}, extras={**NO_EXTRAS, "haze": 1.0})
+    beside, away = [], []
+    for seed in range(30):
+        rainy, target, _ = render_pair(img, np.random.default_rng(seed), cfg)
+        lift = (rainy - target).mean(2)
+        beside.append(lift[72:120, 124:140].mean())
+        away.append(lift[72:120, 0:16].mean())
+    assert np.mean(beside) / np.mean(away) < 1.1

@@ -8,17 +8,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Smooth L1-like loss used by most deraining papers (robust, PSNR-friendly)."""
-    return torch.sqrt((x - y) ** 2 + eps * eps).mean()
+def charbonnier(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-3, per_image: bool = False) -> torch.Tensor:
+    """Smooth L1-like loss used by most deraining papers (robust, PSNR-friendly); ``per_image``: one value per image."""
+    d = torch.sqrt((x - y) ** 2 + eps * eps)
+    return d.flatten(1).mean(1) if per_image else d.mean()
 
 
-def edge_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def edge_loss(x: torch.Tensor, y: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Charbonnier distance between Laplacians: rewards sharp, streak-free detail."""
     k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device, dtype=x.dtype)
     k = k.expand(x.shape[1], 1, 3, 3)
     lap = lambda t: F.conv2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), k, groups=t.shape[1])  # noqa: E731
-    return charbonnier(lap(x), lap(y))
+    return charbonnier(lap(x), lap(y), per_image=per_image)
 
 
 def shifted_extreme(x: torch.Tensor, offsets, reduce) -> torch.Tensor:

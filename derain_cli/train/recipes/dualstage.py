@@ -1,6 +1,8 @@
 """dualstage training: progressive supervision of both stages (paired data)."""
 from __future__ import annotations
 
+import torch
+
 from ...errors import DerainError
 from ...models.common import charbonnier, edge_loss
 from ..recipe import Recipe
@@ -11,7 +13,10 @@ class DualStageRecipe(Recipe):
 
     lr = 5e-4
     recipe_options = {"train_only": (str, "", "comma-separated module names to train (e.g. veil, a head grown "
-                                               "with --init); the rest stays frozen. Default: everything")}
+                                               "with --init); the rest stays frozen. Default: everything"),
+                      "loss": (str, "charbonnier", "charbonnier (pixels weigh the same) or log (the mean over "
+                                                   "images of each image's log loss: a drizzle crop weighs as "
+                                                   "much as a downpour's, as in a mean PSNR)")}
 
     def param_groups(self):
         """Everything, or only the modules ``train_only`` names (the others stop needing gradients)."""
@@ -32,9 +37,16 @@ class DualStageRecipe(Recipe):
         net = self.nets["bundle"]  # called directly, so a DDP wrapper syncs the gradients
         coarse, final = net(batch["rainy"], stages=True)
         clean = batch["clean"]
-        l1 = charbonnier(coarse.float(), clean)
-        l2 = charbonnier(final.float(), clean)
-        le = edge_loss(final.float(), clean)
-        loss = 0.5 * l1 + l2 + 0.05 * le
+        l1 = charbonnier(coarse.float(), clean, per_image=True)
+        l2 = charbonnier(final.float(), clean, per_image=True)
+        le = edge_loss(final.float(), clean, per_image=True)
+        per_image = 0.5 * l1 + l2 + 0.05 * le
+        loss = torch.log(per_image).mean() if self._log_loss() else per_image.mean()
         self.optimize(loss)
-        return {"loss": loss.detach(), "coarse": l1.detach(), "final": l2.detach()}
+        return {"loss": loss.detach(), "coarse": l1.mean().detach(), "final": l2.mean().detach()}
+
+    def _log_loss(self) -> bool:
+        kind = self.options.get("loss") or "charbonnier"
+        if kind not in ("charbonnier", "log"):
+            raise DerainError(f"--set loss={kind}: choose charbonnier or log")
+        return kind == "log"
