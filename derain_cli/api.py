@@ -189,9 +189,16 @@ class Derainer:
         return callable(getattr(self.net, "tile_context", None))
 
     def tile_context(self, rgb: np.ndarray, tile: int) -> Any:
-        """The net's per-image context for ``rgb`` (H x W x 3), computed in pieces of about ``tile`` pixels."""
+        """The net's per-image context for ``rgb`` (H x W x 3), computed in pieces of about ``tile`` pixels.
+
+        An 8-bit photo goes in as it is (the net converts each piece it reads), not as a float copy.
+        """
         with self._inference():
-            return self.net.tile_context(self._to_net(tiling.unit_tensor(rgb)), tile)
+            if rgb.dtype == np.uint8 and self.traits.input_range == (0.0, 1.0) and self.traits.size_multiple == 1:
+                x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self.device)
+            else:
+                x = self._to_net(tiling.unit_tensor(rgb))
+            return self.net.tile_context(x, tile)
 
     def _ensemble_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the model over the image and its horizontal, vertical and double flips (the first ``ensemble``).

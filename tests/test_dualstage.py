@@ -142,7 +142,7 @@ def test_context_equals_the_whole_image_attention(head_tile, chunk, monkeypatch)
 def test_tiled_matches_whole_image(flips, keep, veil, monkeypatch):
     from derain_cli.api import Derainer
 
-    if not keep:  # a photo too big to keep stage 1's blocks: tiles run them again, same result
+    if not keep:  # a photo too big to keep stage 1's blocks in float32: kept in bfloat16, within its rounding
         monkeypatch.setattr(dualstage, "KEEP_BLOCKS_BYTES", 0)
 
     spec = get_spec("dualstage")
@@ -153,7 +153,7 @@ def test_tiled_matches_whole_image(flips, keep, veil, monkeypatch):
     whole = d.process(img, tile=4096)
     tiled = d.process(img, tile=48)
     assert d.last_tile == 48 and d.last_overlap == d.traits.tile_margin
-    assert np.abs(tiled - whole).max() < 1e-4
+    assert np.abs(tiled - whole).max() < (1e-4 if keep else 2e-3)
     # Without the shared context (each tile its own k-means and GroupNorm) tiles disagree.
     d.net = type("PerTile", (), {"__call__": lambda self, x: net(x)})()
     assert not hasattr(d.net, "tile_context")
@@ -219,3 +219,16 @@ def test_log_loss_is_the_mean_of_each_images_log_loss():
     assert torch.allclose(got, torch.log(per).mean(), atol=1e-5)
     with pytest.raises(DerainError, match="choose charbonnier or log"):
         spec.recipe(spec, spec.config(**tiny), "paired", loss="l2").train_step({"rainy": rainy, "clean": clean}, 0)
+
+
+def test_an_8_bit_photo_gives_the_same_context_as_its_float_copy():
+    """Derainer hands an 8-bit photo to ``tile_context`` as it is (no 4-bytes-a-value copy of a big photo)."""
+    from derain_cli import tiling
+
+    net = _random_net(**{**TINY, "veil_width": 4, "veil_scale": 4})
+    img = np.random.default_rng(1).integers(0, 256, (150, 131, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        a = net.tile_context(torch.from_numpy(img).permute(2, 0, 1)[None], 64)
+        b = net.tile_context(tiling.unit_tensor(img), 64)
+    for name in ("g", "g1", "veil"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -317,8 +317,10 @@ class Stage2(nn.Module):
 TILE_MARGIN = 48
 #: Context each tile of :meth:`DualStageNet.tile_context` reads around its core (a multiple of 4).
 HEAD_MARGIN = 36
-#: Stage 1's blocks' output is kept in the tile context while it takes at most this much memory
-#: (float32 over a 16 MP photo; bf16 always): beyond, a 24 MP photo would pass 3 GB, and tiles run the blocks again.
+#: Stage 1's blocks' output is kept in the tile context in float32 while it takes at most this much
+#: memory (a 16 MP photo); beyond, it is kept in bfloat16 (half the bytes: a 24 MP float32 photo in
+#: float32 would pass 3 GB) and tiles read it back in their dtype: running the blocks again in every
+#: tile cost a 24 MP photo a tenth of its time.
 KEEP_BLOCKS_BYTES = 512 << 20
 #: Largest head tile of :meth:`DualStageNet.tile_context`: stage 1's blocks slow down on bigger maps (CPU cache).
 CONTEXT_STEP = 512
@@ -337,8 +339,8 @@ class TileContext:
     padded: tuple[int, int]  # (Hp, Wp)
     mode: str  # how the whole image was padded: reflect or replicate
     #: 1 x stage1_width x Hp/2 x Wp/2: stage 1's half-resolution blocks (computed for ``g`` anyway),
-    #: kept so that tiles do not run them again.
-    g1: torch.Tensor | None = None
+    #: kept so that tiles do not run them again (bfloat16 beyond ``KEEP_BLOCKS_BYTES``).
+    g1: torch.Tensor
     #: 1 x 4 x H/s x W/s: the veil head's correction map over the whole (unpadded) image.
     veil: torch.Tensor | None = None
 
@@ -413,11 +415,14 @@ class DualStageNet(nn.Module):
     def tile_context(self, x: torch.Tensor, tile: int) -> "TileContext":
         """Run the attention blocks on the whole image ``x`` (its full-resolution part in tiles of ``tile``).
 
+        ``x`` is in [0, 1], or uint8 (0-255): each piece is then converted as it is read, so a
+        24 MP photo never has a 288 MB float copy beside the context.
+
         Each head tile reads ``HEAD_MARGIN`` extra pixels on every side and keeps its core, so
         the maps equal the whole-image ones (up to float rounding) at any tile size. The padded
         image is never built whole: each tile pads its own crop where it meets the border.
-        Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel, up to
-        ``KEEP_BLOCKS_BYTES``), so that :meth:`forward_tile` runs only the cheap local layers again.
+        Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel; in bfloat16
+        beyond ``KEEP_BLOCKS_BYTES``), so that :meth:`forward_tile` runs only the cheap local layers again.
         """
         h, w = x.shape[-2:]
         hp, wp = h + (-h) % self.multiple, w + (-w) % self.multiple
@@ -428,7 +433,7 @@ class DualStageNet(nn.Module):
         g = g1 = None
         veil = self._veil_params(x)
         prepare = self._veil_fn(veil)
-        keep = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
+        full = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
         for y0 in range(0, hp, step):
             for x0 in range(0, wp, step):
                 y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
@@ -442,13 +447,12 @@ class DualStageNet(nn.Module):
                 part = self.stage2.down(self.stage2.features(coarse, crop, f1))
                 if g is None:
                     g = _empty_like(part, hp // 4, wp // 4)
-                    keep = keep or blocks.element_size() < 4  # half-precision blocks: half the memory
-                    g1 = _empty_like(blocks, hp // 2, wp // 2) if keep else None
+                    kept = blocks.dtype if full or blocks.element_size() < 4 else torch.bfloat16
+                    g1 = _empty_like(blocks, hp // 2, wp // 2, kept)
                 g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
                     part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
-                if g1 is not None:
-                    g1[..., y0 // 2:y1 // 2, x0 // 2:x1 // 2] = \
-                        blocks[..., (y0 - a0) // 2:(y1 - a0) // 2, (x0 - b0) // 2:(x1 - b0) // 2]
+                g1[..., y0 // 2:y1 // 2, x0 // 2:x1 // 2] = \
+                    blocks[..., (y0 - a0) // 2:(y1 - a0) // 2, (x0 - b0) // 2:(x1 - b0) // 2]
                 del crop, mask, fs, blocks, coarse, f1, part
         for blk in self.stage2.blocks:
             blk.forward_lean(g, LEAN_CHUNK)
@@ -459,7 +463,7 @@ class DualStageNet(nn.Module):
         if self.veil is None:
             return None
         band = self.veil.scale * 64
-        pooled = torch.cat([self.veil.pool(x[..., r:r + band, :]) for r in range(0, x.shape[-2], band)], -2)
+        pooled = torch.cat([self.veil.pool(_unit(x[..., r:r + band, :])) for r in range(0, x.shape[-2], band)], -2)
         return self.veil.params(pooled)
 
     def _veil_fn(self, params: torch.Tensor | None):
@@ -478,14 +482,14 @@ class DualStageNet(nn.Module):
         """
         top, left, h, w = ctx.box
         th, tw = x.shape[-2:]
-        margins = self.local if ctx.g1 is not None else (TILE_MARGIN - self.local[1], self.local[1])
+        margins = self.local
         rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], margins)
         cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], margins)
         (sy, ey, fy0, fy1), (sx, ex, fx0, fx1) = rows, cols
         crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex, self._veil_fn(ctx.veil))
         mask = self.mask(crop)
         fs = self.stage1.features(crop, mask)
-        blocks = self.stage1.run_blocks(fs, mask) if ctx.g1 is None else ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2]
+        blocks = ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2].to(fs.dtype)
         coarse, f1 = self.stage1.finish(crop, fs, blocks)
         f = self.stage2.features(coarse, crop, f1)
         final = self.stage2.finish(coarse, f, ctx.g[..., sy // 4:ey // 4, sx // 4:ex // 4])
@@ -523,10 +527,10 @@ def _refine_in_bands(refiner: nn.Module, x: torch.Tensor, out: torch.Tensor, mar
     return res
 
 
-def _empty_like(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _empty_like(t: torch.Tensor, h: int, w: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An ``h x w`` map like ``t`` in its memory format: channels_last blocks run about 15% faster on the CPU."""
     cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    return torch.empty(1, t.shape[1], h, w, dtype=t.dtype, device=t.device,
+    return torch.empty(1, t.shape[1], h, w, dtype=dtype or t.dtype, device=t.device,
                        memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
@@ -546,6 +550,11 @@ def _tile_rows(y0: int, th: int, keep: tuple[int, int], top: int, h: int, hp: in
     return s, e, f0, f1
 
 
+def _unit(part: torch.Tensor) -> torch.Tensor:
+    """A uint8 part of the image in [0, 1] float32, as :func:`derain_cli.tiling.unit_tensor` makes it; floats pass."""
+    return part.float() * (1.0 / 255) if part.dtype == torch.uint8 else part
+
+
 def _padded_region(x: torch.Tensor, origin: tuple[int, int], geometry, sy: int, ey: int, sx: int, ex: int,
                    prepare=None):
     """Rows ``[sy, ey)`` x columns ``[sx, ex)`` of the whole padded image, from ``x``: its part at ``origin``.
@@ -559,7 +568,7 @@ def _padded_region(x: torch.Tensor, origin: tuple[int, int], geometry, sy: int, 
     y0, x0 = origin
     iy0, iy1 = max(sy - top, 0), min(ey - top, h)
     ix0, ix1 = max(sx - left, 0), min(ex - left, w)
-    crop = x[..., iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    crop = _unit(x[..., iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0])
     if prepare is not None:
         crop = prepare(crop, (iy0, ix0))
     pads = (ix0 - (sx - left), (ex - left) - ix1, iy0 - (sy - top), (ey - top) - iy1)
