@@ -8,8 +8,8 @@ carry, and returns the rainy input and the clean target:
 * ``light``: sparse streaks of several widths (the ``light`` preset).
 * ``moderate``: the rain between those and a downpour (Rain800/Rain1400-like): the
   downpour's layers at a quarter to two thirds of its density and no accumulation veil.
-* ``downpour``: Rain100H-like heavy rain: dense, long and wide streaks in several
-  layers around one main direction (within 30 degrees of vertical), then JORDER's
+* ``downpour``: Rain100H-like heavy rain: dense, long (40-170 px), thin and bright streaks
+  in several layers around one main direction (within 30 degrees of vertical), then JORDER's
   accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
 * ``sheet``: sheets of rain, the Photoshop pipeline behind Rain800 and Rain1400: noise
   motion-blurred along the rain into long streaks, a levels curve whose floor is the
@@ -134,7 +134,7 @@ def _line_kernel(length: int, angle: float, width: int) -> np.ndarray:
 
 def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
                     rate: float = 1.0) -> tuple[np.ndarray, list[dict]]:
-    """Heavy rain: 2-4 layers of dense long streaks; nearer layers longer, wider and softer.
+    """Heavy rain: 2-4 layers of dense, long, thin streaks; nearer layers longer and wider.
 
     ``rate`` scales every layer's density (the ``moderate`` family draws it below 1).
     """
@@ -145,18 +145,18 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
     layers = []
     for i in range(n):
         near = (i + rng.random()) / n  # 0 = far, 1 = near
-        density = float(rng.uniform(0.0005, 0.002) * (1.3 - 0.6 * near) * rate)
-        length = int(rng.integers(20, 40) + near * rng.integers(20, 60))
-        width = int(1 + round(near * rng.uniform(0, 3)))
-        intensity = float(rng.uniform(0.25, 0.55) + 0.35 * near)
+        density = float(rng.uniform(0.0015, 0.004) * (1.3 - 0.6 * near) * rate)
+        length = int(rng.integers(40, 90) + near * rng.integers(20, 80))
+        width = int(1 + round(near * rng.uniform(0, 1.5)))
+        intensity = float(rng.uniform(0.45, 0.8) + 0.2 * near)
         seeds = (rng.random((h, w), dtype=np.float32) < density).astype(np.float32)
-        seeds *= rng.uniform(0.4, 1.0, size=(h, w)).astype(np.float32)
-        blur = float(rng.uniform(0.3, 0.8) + near * 1.2)
+        seeds *= rng.uniform(0.3, 1.0, size=(h, w)).astype(np.float32)
+        blur = float(rng.uniform(0.3, 0.6))
         seeds = cv2.GaussianBlur(seeds, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
         a = angle + float(rng.uniform(-4, 4))
         streaks = cv2.filter2D(seeds, -1, _line_kernel(length, a, width), borderType=cv2.BORDER_REFLECT)
         nz = streaks[streaks > 1e-6]
-        peak = float(np.percentile(nz, 98)) if nz.size else 1.0
+        peak = float(np.percentile(nz, 95)) if nz.size else 1.0
         streaks = np.clip(streaks / max(peak, 1e-6), 0, 1) * intensity
         rain = 1 - (1 - rain) * (1 - streaks)
         layers.append({"density": density, "length": length, "width": width, "angle": a,
