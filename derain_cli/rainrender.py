@@ -345,7 +345,7 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     p = np.asarray(probs, np.float64) / sum(probs)
     family = kinds[int(rng.choice(len(kinds), p=p))]
     layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
-    # rain is light: it adds to the scene, dimmer where the scene is far (the depth proxy)
+    # rain is light: it adds to the scene, dimmer where the scene is far
     depth = scene_depth(h, w, rng)
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
     tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)

@@ -318,9 +318,8 @@ TILE_MARGIN = 48
 #: Context each tile of :meth:`DualStageNet.tile_context` reads around its core (a multiple of 4).
 HEAD_MARGIN = 36
 #: Stage 1's blocks' output is kept in the tile context in float32 while it takes at most this much
-#: memory (a 16 MP photo); beyond, it is kept in bfloat16 (half the bytes: a 24 MP float32 photo in
-#: float32 would pass 3 GB) and tiles read it back in their dtype: running the blocks again in every
-#: tile cost a 24 MP photo a tenth of its time.
+#: memory (a 16 MP photo); beyond, in bfloat16 (half the bytes: in float32 a 24 MP photo passed 3 GB)
+#: and tiles read it back in their dtype: running the blocks again in every tile cost a tenth of the time.
 KEEP_BLOCKS_BYTES = 512 << 20
 #: Largest head tile of :meth:`DualStageNet.tile_context`: stage 1's blocks slow down on bigger maps (CPU cache).
 CONTEXT_STEP = 512
