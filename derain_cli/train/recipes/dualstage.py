@@ -18,6 +18,13 @@ class DualStageRecipe(Recipe):
                                                    "images of each image's log loss: a drizzle crop weighs as "
                                                    "much as a downpour's, as in a mean PSNR)")}
 
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
+        kind = self.options.get("loss") or "charbonnier"
+        if kind not in ("charbonnier", "log"):
+            raise DerainError(f"--set loss={kind}: choose charbonnier or log")
+        self.log_loss = kind == "log"  # checked once here, not at every step
+
     def param_groups(self):
         """Everything, or only the modules ``train_only`` names (the others stop needing gradients)."""
         names = [n.strip() for n in (self.options.get("train_only") or "").split(",") if n.strip()]
@@ -41,12 +48,6 @@ class DualStageRecipe(Recipe):
         l2 = charbonnier(final.float(), clean, per_image=True)
         le = edge_loss(final.float(), clean, per_image=True)
         per_image = 0.5 * l1 + l2 + 0.05 * le
-        loss = torch.log(per_image).mean() if self._log_loss() else per_image.mean()
+        loss = torch.log(per_image).mean() if self.log_loss else per_image.mean()
         self.optimize(loss)
         return {"loss": loss.detach(), "coarse": l1.mean().detach(), "final": l2.mean().detach()}
-
-    def _log_loss(self) -> bool:
-        kind = self.options.get("loss") or "charbonnier"
-        if kind not in ("charbonnier", "log"):
-            raise DerainError(f"--set loss={kind}: choose charbonnier or log")
-        return kind == "log"
