@@ -430,6 +430,21 @@ def test_resume_alone_takes_everything_from_the_run_folder(tiny_pairs, monkeypat
     assert "done at step 4" in out
 
 
+def test_resume_keeps_the_plan_a_time_budget_shortened(tiny_pairs, monkeypatch, capsys):
+    """A run asked for 5 steps whose budget cut the plan to 3 goes on to 3, at the shortened schedule's rate."""
+    run = tiny_pairs / "cli_run"
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--paired", tiny_pairs / "rainy", tiny_pairs / "clean")
+    assert code == 0, err
+    state = run / "last" / "state.json"
+    record = json.loads(state.read_text())
+    record["extra"]["options"]["steps"], record["extra"]["total_steps"] = 5, 3
+    state.write_text(json.dumps(record))
+    code, out, err = derain(monkeypatch, capsys, "train", "--resume", run, "-q")
+    assert code == 0, err
+    assert "done at step 3" in out
+    assert json.loads(state.read_text())["extra"]["total_steps"] == 3
+
+
 @pytest.mark.parametrize("extra_args, needles", [
     (("--patch", "48"), ("--patch", "contradicts", "32")),
     (("--set", "channels=8"), ("--set", "cannot change a run being resumed")),

@@ -175,15 +175,20 @@ class Trainer:
             say(f"{len(missing)} tensors not in {self.opts.init} start from their initialisation (grown model)")
 
     def _plan_steps(self) -> int:
-        """``--steps``, else ``--epochs`` (default 100) over this rank's share; a resume keeps its plan."""
+        """``--steps``, else ``--epochs`` (default 100) over this rank's share; a resume keeps its plan.
+
+        The saved plan wins unless ``--steps``/``--epochs`` changed, so a run whose schedule a
+        time budget shortened does not jump back to a high learning rate when resumed.
+        """
         opts, sampler = self.opts, self.sampler
         n_images = len(next(iter(sampler.sources.values()))) or len(sampler.render.images)
         if opts.steps:
             total = opts.steps
         else:
             total = max(1, (opts.epochs or 100) * math.ceil(n_images / (opts.batch * self.world)))
-        if self.resume_dir is not None and not opts.steps and not opts.epochs:
-            total = self.saved.get("total_steps", total)
+        planned = self.saved.get("options") or {}
+        if self.resume_dir is not None and (opts.steps, opts.epochs) == (planned.get("steps"), planned.get("epochs")):
+            total = self.saved.get("total_steps", total)  # a time budget may have shrunk the plan
         return total
 
     # -- resume -----------------------------------------------------------------------------------
