@@ -19,7 +19,7 @@ carry, and returns the rainy input and the clean target:
   dim, near ones large, bright and soft.
 
 Extras, each drawn per pair: exposure and white balance (applied to the target
-too), depth haze, out-of-focus near drops, sensor noise and JPEG compression of
+too), uneven lighting of the rain, depth haze, out-of-focus near drops, sensor noise and JPEG compression of
 the rainy input. The target never gets rain, haze, drops, noise or JPEG.
 
 Everything random comes from one ``numpy.random.Generator``, so a seed (or a
@@ -45,7 +45,8 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.2, "d
                                  "photoreal": 0.15}
 
 #: Probability of each extra per pair.
-GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "haze": 0.3, "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
+GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "lighting": 0.5, "haze": 0.3, "drops": 0.15, "noise": 0.4,
+                                    "jpeg": 0.4}
 
 
 @dataclass
@@ -280,6 +281,25 @@ def scene_depth(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(0.7 * ramp[:, None] + 0.3 * field, 0, 1).astype(np.float32)
 
 
+def rain_lighting(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """How brightly the rain at each place is lit, in ``[low, 1]``: a ramp in a random direction and a smooth field.
+
+    Rain shows where light falls on it (the bright side of the sky, a street lamp, the
+    sun behind it) and nearly vanishes elsewhere, so one photo holds a bright veil and
+    faint streaks side by side; a uniformly lit layer never teaches that.
+    """
+    import cv2
+
+    theta = float(rng.uniform(0, 2 * np.pi))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)
+    ramp = np.cos(theta) * xx + np.sin(theta) * yy
+    field = cv2.resize(rng.random((3, 3), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    m = 0.6 * (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6) + 0.4 * np.clip(field, 0, 1)
+    low = float(rng.uniform(0.0, 0.7))
+    light = low + (1 - low) * (m - m.min()) / max(float(np.ptp(m)), 1e-6)
+    return light.astype(np.float32), {"direction": theta, "low": low}
+
+
 def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Depth haze ``T * O + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
     beta = float(rng.uniform(0.15, 1.2))
@@ -348,6 +368,9 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     # rain is light: it adds to the scene, dimmer where the scene is far
     depth = scene_depth(h, w, rng)
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
+    if rng.random() < ex.get("lighting", 0):
+        light, params["lighting"] = rain_lighting(h, w, rng)
+        fade = fade * light
     tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)
     if family == "sheet":  # screen blend, as the pipeline it follows: the veil never clips highlights
         rainy = 1 - (1 - x) * (1 - (layer * fade)[..., None] * tint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from derain_cli.rainrender import (
+from derain_cli.rainrender import (rain_lighting, 
     FAMILIES,
     RenderConfig,
     StreakTexture,
@@ -16,7 +16,7 @@ from derain_cli.rainrender import (
 )
 from derain_cli.train.data import PatchSampler, RenderSource
 
-NO_EXTRAS = {k: 0.0 for k in ("exposure", "haze", "drops", "noise", "jpeg")}
+NO_EXTRAS = {k: 0.0 for k in ("exposure", "lighting", "haze", "drops", "noise", "jpeg")}
 
 
 def tilted_texture(angle: float, h: int = 160, w: int = 260, seed: int = 0) -> StreakTexture:
@@ -130,12 +130,12 @@ def test_accumulation_veils_the_background_as_jorders_model_says():
 def test_the_target_gets_the_exposure_and_nothing_else():
     rng = np.random.default_rng(0)
     clean = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
-    cfg = RenderConfig(mix={"fine": 1.0}, extras={"exposure": 1.0, "haze": 1.0, "drops": 1.0, "noise": 1.0, "jpeg": 1.0})
+    cfg = RenderConfig(mix={"fine": 1.0}, extras={k: 1.0 for k in NO_EXTRAS})
     rainy, target, p = render_pair(clean, np.random.default_rng(3), cfg)
     e = p["exposure"]
     expect = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
     assert np.allclose(target, expect, atol=1e-6)
-    assert set(p) >= {"exposure", "haze", "drops", "noise", "jpeg", "rain"}
+    assert set(p) >= {*NO_EXTRAS, "rain"}
     assert np.abs(rainy - target).mean() > 0.01
 
 
@@ -220,3 +220,26 @@ def test_haze_does_not_gather_around_bright_objects():
         beside.append(lift[72:120, 124:140].mean())
         away.append(lift[72:120, 0:16].mean())
     assert np.mean(beside) / np.mean(away) < 1.1
+
+
+def test_unevenly_lit_rain_is_bright_on_the_lit_side_only():
+    """The lighting extra dims the rain towards its ``low`` end; without it both sides get the same rain."""
+    gray = np.full((160, 160, 3), 0.3, np.float32)
+    lit = RenderConfig(mix={"sheet": 1.0}, extras={**NO_EXTRAS, "lighting": 1.0})
+    ratios = []
+    for seed in range(12):
+        rainy, target, p = render_pair(gray, np.random.default_rng(seed), lit)
+        light = rain_lighting(160, 160, np.random.default_rng(0))[0]
+        assert 0.0 <= light.min() and light.max() <= 1.0 + 1e-6
+        lift = (rainy - target).mean(2)
+        # the screen-blended lift under the ramp's two ends (direction drawn per pair)
+        theta = p["lighting"]["direction"]
+        yy, xx = np.mgrid[0:160, 0:160]
+        along = np.cos(theta) * xx + np.sin(theta) * yy
+        hi, lo = lift[along > np.quantile(along, 0.8)].mean(), lift[along < np.quantile(along, 0.2)].mean()
+        if p["lighting"]["low"] < 0.3:
+            ratios.append(hi / max(lo, 1e-6))
+    assert ratios and np.median(ratios) > 1.8
+    flat = RenderConfig(mix={"sheet": 1.0}, extras=NO_EXTRAS)
+    rainy, target, p = render_pair(gray, np.random.default_rng(0), flat)
+    assert "lighting" not in p
