@@ -11,6 +11,7 @@ carry, and returns the rainy input and the clean target:
 * ``downpour``: Rain100H-like heavy rain: dense, long (40-170 px), thin and bright streaks
   in several layers around one main direction (within 30 degrees of vertical), then JORDER's
   accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
+* ``dash``: short, wide, soft dashes, rain caught by a fast shutter (Rain800-like).
 * ``sheet``: sheets of rain, the Photoshop pipeline behind Rain800 and Rain1400: noise
   motion-blurred along the rain into long streaks, a levels curve whose floor is the
   veil of drops too small and many to resolve, screen-blended onto the photo.
@@ -36,13 +37,13 @@ import numpy as np
 
 from .synth import render_rain
 
-FAMILIES = ("fine", "light", "moderate", "downpour", "sheet", "photoreal")
+FAMILIES = ("fine", "light", "moderate", "downpour", "dash", "sheet", "photoreal")
 
 #: The family mix of the ``general`` weights: rain rates from drizzle to downpour without a gap
 #: (real rain is a continuum), photoreal streaks, and Rain100L-like fine streaks so the
 #: light-rain benchmark is not forgotten.
-GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.2, "downpour": 0.2, "sheet": 0.2,
-                                 "photoreal": 0.15}
+GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "downpour": 0.2, "dash": 0.15,
+                                 "sheet": 0.15, "photoreal": 0.1}
 
 #: Probability of each extra per pair.
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "lighting": 0.5, "haze": 0.3, "drops": 0.15, "noise": 0.4,
@@ -133,35 +134,64 @@ def _line_kernel(length: int, angle: float, width: int) -> np.ndarray:
     return k / max(float(k.sum()), 1e-6)
 
 
+def _streak_layer(h: int, w: int, rng: np.random.Generator, spec: dict, angle: float,
+                  blur: tuple[float, float], jitter: float) -> np.ndarray:
+    """One layer of streaks: random seeds of random strength, softened and drawn out near ``angle``.
+
+    ``spec`` holds density, length, width and intensity; the softening and the layer's own
+    angle are drawn here and added to it.
+    """
+    import cv2
+
+    seeds = (rng.random((h, w), dtype=np.float32) < spec["density"]).astype(np.float32)
+    seeds *= rng.uniform(0.3, 1.0, size=(h, w)).astype(np.float32)
+    spec["blur"] = float(rng.uniform(*blur))
+    seeds = cv2.GaussianBlur(seeds, (0, 0), spec["blur"], borderType=cv2.BORDER_REFLECT)
+    spec["angle"] = angle + float(rng.uniform(-jitter, jitter))
+    streaks = cv2.filter2D(seeds, -1, _line_kernel(spec["length"], spec["angle"], spec["width"]),
+                           borderType=cv2.BORDER_REFLECT)
+    nz = streaks[streaks > 1e-6]
+    peak = float(np.percentile(nz, 95)) if nz.size else 1.0
+    return np.clip(streaks / max(peak, 1e-6), 0, 1) * spec["intensity"]
+
+
 def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
                     rate: float = 1.0) -> tuple[np.ndarray, list[dict]]:
     """Heavy rain: 2-4 layers of dense, long, thin streaks; nearer layers longer and wider.
 
     ``rate`` scales every layer's density (the ``moderate`` family draws it below 1).
     """
-    import cv2
-
     n = int(rng.integers(2, 5))
     rain = np.zeros((h, w), np.float32)
     layers = []
     for i in range(n):
         near = (i + rng.random()) / n  # 0 = far, 1 = near
-        density = float(rng.uniform(0.0015, 0.004) * (1.3 - 0.6 * near) * rate)
-        length = int(rng.integers(40, 90) + near * rng.integers(20, 80))
-        width = int(1 + round(near * rng.uniform(0, 1.5)))
-        intensity = float(rng.uniform(0.45, 0.8) + 0.2 * near)
-        seeds = (rng.random((h, w), dtype=np.float32) < density).astype(np.float32)
-        seeds *= rng.uniform(0.3, 1.0, size=(h, w)).astype(np.float32)
-        blur = float(rng.uniform(0.3, 0.6))
-        seeds = cv2.GaussianBlur(seeds, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
-        a = angle + float(rng.uniform(-4, 4))
-        streaks = cv2.filter2D(seeds, -1, _line_kernel(length, a, width), borderType=cv2.BORDER_REFLECT)
-        nz = streaks[streaks > 1e-6]
-        peak = float(np.percentile(nz, 95)) if nz.size else 1.0
-        streaks = np.clip(streaks / max(peak, 1e-6), 0, 1) * intensity
-        rain = 1 - (1 - rain) * (1 - streaks)
-        layers.append({"density": density, "length": length, "width": width, "angle": a,
-                       "intensity": intensity, "blur": blur})
+        spec = {"density": float(rng.uniform(0.0015, 0.004) * (1.3 - 0.6 * near) * rate),
+                "length": int(rng.integers(40, 90) + near * rng.integers(20, 80)),
+                "width": int(1 + round(near * rng.uniform(0, 1.5))),
+                "intensity": float(rng.uniform(0.45, 0.8) + 0.2 * near)}
+        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur=(0.3, 0.6), jitter=4))
+        layers.append(spec)
+    return rain, layers
+
+
+def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
+    """Short, wide, soft dashes (6-40 px long, 2-4 px wide): rain caught by a fast shutter.
+
+    A phone in daylight exposes for 1/500 s or less, so drops stay short dashes instead of
+    the long streaks of a slow exposure; Rain800's rain looks like this too.
+    """
+    n = int(rng.integers(1, 4))
+    rain = np.zeros((h, w), np.float32)
+    layers = []
+    for i in range(n):
+        near = (i + rng.random()) / n
+        spec = {"density": float(rng.uniform(0.001, 0.004) * (1.2 - 0.5 * near)),
+                "length": int(rng.integers(6, 24) + near * rng.integers(0, 17)),
+                "width": int(2 + round(near * rng.uniform(0, 2))),
+                "intensity": float(rng.uniform(0.3, 0.6) + 0.2 * near)}
+        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur=(0.6, 1.2), jitter=6))
+        layers.append(spec)
     return rain, layers
 
 
@@ -233,6 +263,8 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
         rate = float(rng.uniform(0.25, 0.65))
         layer, layers = downpour_layers(h, w, rng, angle, rate)
         return layer, {"family": family, "angle": angle, "rate": rate, "layers": layers}
+    elif family == "dash":
+        layer, layers = dash_layers(h, w, rng, angle)
     elif family == "sheet":
         layer, sheet = sheet_layer(h, w, rng, angle)
         return layer, {"family": family, "angle": angle, **sheet}

@@ -54,7 +54,7 @@ def test_streak_angle_reads_a_known_texture():
     assert abs(BANK[0].angle - 17) < 3 and abs(BANK[1].angle + 17) < 3 and abs(BANK[2].angle) < 3
 
 
-@pytest.mark.parametrize("family", ["moderate", "downpour", "sheet", "photoreal"])
+@pytest.mark.parametrize("family", ["moderate", "downpour", "dash", "sheet", "photoreal"])
 def test_streaks_fall_in_the_drawn_direction_within_30_degrees_of_vertical(family):
     errors = []
     for layer, p in layers(family):
@@ -243,3 +243,22 @@ def test_unevenly_lit_rain_is_bright_on_the_lit_side_only():
     flat = RenderConfig(mix={"sheet": 1.0}, extras=NO_EXTRAS)
     rainy, target, p = render_pair(gray, np.random.default_rng(0), flat)
     assert "lighting" not in p
+
+
+def _streak_heights(family: str) -> float:
+    """Median height of the streaks one family draws, in pixels (near-vertical rain: their length)."""
+    import cv2
+
+    heights = []
+    for layer, _ in layers(family, n=6, size=256):
+        _, _, stats, _ = cv2.connectedComponentsWithStats((layer > 0.25).astype(np.uint8))
+        heights += list(stats[1:, 3][stats[1:, 4] >= 6])
+    return float(np.median(heights))
+
+
+def test_dashes_are_shorter_than_a_downpours_streaks_and_wider_than_light_rains():
+    assert _streak_heights("dash") < 30 < 45 < _streak_heights("downpour")
+    dash, light = (np.mean([run_width(layer, 0.25) for layer, _ in layers(f)]) for f in ("dash", "light"))
+    assert dash > 2 * light, (dash, light)
+    for _, p in layers("dash"):
+        assert all(6 <= layer["length"] <= 40 and 2 <= layer["width"] <= 4 for layer in p["layers"])

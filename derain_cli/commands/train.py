@@ -19,7 +19,7 @@ def train_command(
     paired: Optional[Tuple[Path, Path]] = typer.Option(None, "--paired", help="RAINY_DIR CLEAN_DIR, paired by file stem."),
     render: List[Path] = typer.Option([], "--render", help="CLEAN_DIR of photos to render new rain on at every step (repeatable); with --paired or --semi, mixed in at --render-ratio."),
     render_ratio: float = typer.Option(0.7, "--render-ratio", help="Share of training pairs rendered with --render (the rest are the real pairs)."),
-    render_mix: Optional[str] = typer.Option(None, "--render-mix", help="Rain families and weights, e.g. fine=0.15,light=0.1,moderate=0.2,downpour=0.2,sheet=0.2,photoreal=0.15 (the default)."),
+    render_mix: Optional[str] = typer.Option(None, "--render-mix", help="Rain families and weights, e.g. fine=0.15,light=0.1,moderate=0.15,downpour=0.2,dash=0.15,sheet=0.15,photoreal=0.1 (the default)."),
     streaks: Optional[Path] = typer.Option(None, "--streaks", help="Folder of streak textures for the photoreal family (e.g. rain_streaks_garg06)."),
     unpaired: Optional[Tuple[Path, Path]] = typer.Option(None, "--unpaired", help="CLEAN_DIR RAINY_DIR, unrelated images."),
     semi: Optional[Tuple[Path, Path, Path]] = typer.Option(None, "--semi", help="RAINY_DIR CLEAN_DIR REAL_RAINY_DIR."),
