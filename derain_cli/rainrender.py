@@ -19,9 +19,9 @@ carry, and returns the rainy input and the clean target:
   scaled, rotated, motion-blurred and added in depth layers: far layers small and
   dim, near ones large, bright and soft.
 
-Extras, each drawn per pair: exposure and white balance (applied to the target
-too), uneven lighting of the rain, depth haze, out-of-focus near drops, sensor noise and JPEG compression of
-the rainy input. The target never gets rain, haze, drops, noise or JPEG.
+Extras, each drawn per pair: exposure, white balance and depth haze (the scene's, applied
+to the target too), uneven lighting of the rain, out-of-focus near drops, sensor noise and
+JPEG compression of the rainy input. The target never gets rain, drops, noise or JPEG.
 
 Everything random comes from one ``numpy.random.Generator``, so a seed (or a
 saved generator state) reproduces a pair bit for bit.
@@ -333,7 +333,7 @@ def rain_lighting(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray,
 
 
 def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Depth haze ``T * O + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
+    """Depth haze ``T * B + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
     beta = float(rng.uniform(0.15, 1.2))
     atmos = _atmosphere(rng)
     t = np.exp(-beta * depth)[..., None].astype(np.float32)
@@ -383,7 +383,9 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
                 cfg: RenderConfig | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(rainy, target, params)`` for a float ``H x W x 3`` clean image in [0, 1].
 
-    The target is ``clean`` after the same exposure as the input, nothing else.
+    The target is ``clean`` after the same exposure and scene haze as the input, nothing else:
+    the rain's own veil (a downpour's accumulation, a sheet's floor) is removed, a hazy day's
+    atmosphere is not, or the model learns to dehaze every photo and darkens hazy scenes.
     """
     cfg = cfg or RenderConfig()
     h, w = clean.shape[:2]
@@ -392,13 +394,15 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     ex = cfg.extras
     if rng.random() < ex.get("exposure", 0):
         x, params["exposure"] = expose(x, rng)
+    depth = scene_depth(h, w, rng)
+    if rng.random() < ex.get("haze", 0):  # a hazy day's haze is the scene's: the target keeps it
+        x, params["haze"] = haze(x, depth, rng)
     target = x
     kinds, probs = zip(*cfg.mix.items())
     p = np.asarray(probs, np.float64) / sum(probs)
     family = kinds[int(rng.choice(len(kinds), p=p))]
     layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
     # rain is light: it adds to the scene, dimmer where the scene is far
-    depth = scene_depth(h, w, rng)
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
     if rng.random() < ex.get("lighting", 0):
         light, params["lighting"] = rain_lighting(h, w, rng)
@@ -410,8 +414,6 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
         rainy = x + (layer * fade)[..., None] * tint
     if family == "downpour":
         rainy, params["accumulation"] = accumulate(rainy, rng)
-    if rng.random() < ex.get("haze", 0):
-        rainy, params["haze"] = haze(rainy, depth, rng)
     if rng.random() < ex.get("drops", 0):
         rainy, params["drops"] = near_drops(np.clip(rainy, 0, 1), rng)
     if rng.random() < ex.get("noise", 0):

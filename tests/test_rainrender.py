@@ -127,14 +127,15 @@ def test_accumulation_veils_the_background_as_jorders_model_says():
         assert np.array_equal(target, black)
 
 
-def test_the_target_gets_the_exposure_and_nothing_else():
+def test_the_target_gets_the_exposure_and_the_scene_haze_and_nothing_else():
     rng = np.random.default_rng(0)
     clean = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
     cfg = RenderConfig(mix={"fine": 1.0}, extras={k: 1.0 for k in NO_EXTRAS})
     rainy, target, p = render_pair(clean, np.random.default_rng(3), cfg)
-    e = p["exposure"]
-    expect = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
-    assert np.allclose(target, expect, atol=1e-6)
+    e, hz = p["exposure"], p["haze"]
+    exposed = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
+    t = (target - np.array(hz["atmospheric_light"], np.float32)) / (exposed - np.array(hz["atmospheric_light"]))
+    assert np.allclose(t, t[..., :1], atol=1e-3) and 0 < t.min() and t.max() <= 1 + 1e-4  # one transmission a pixel
     assert set(p) >= {*NO_EXTRAS, "rain"}
     assert np.abs(rainy - target).mean() > 0.01
 
@@ -216,7 +217,7 @@ def test_haze_does_not_gather_around_bright_objects():
     beside, away = [], []
     for seed in range(30):
         rainy, target, _ = render_pair(img, np.random.default_rng(seed), cfg)
-        lift = (rainy - target).mean(2)
+        lift = (target - img).mean(2)
         beside.append(lift[72:120, 124:140].mean())
         away.append(lift[72:120, 0:16].mean())
     assert np.mean(beside) / np.mean(away) < 1.1
