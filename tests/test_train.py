@@ -428,6 +428,10 @@ def test_resume_alone_takes_everything_from_the_run_folder(tiny_pairs, monkeypat
     assert extra["step"] == 4 and extra["options"]["ema"] == 0.9 and extra["options"]["patch"] == 32
     assert extra["options"]["render"]["ratio"] == 0.5 and extra["mode"] == "paired"
     assert "done at step 4" in out
+    from derain_cli.rainrender import GENERAL_MIX
+
+    # the default mix is pinned in the run folder: a newer default must not change a resumed run
+    assert extra["options"]["render"]["mix"] == {k: v for k, v in GENERAL_MIX.items() if k != "photoreal"}
 
 
 def test_resume_keeps_the_plan_a_time_budget_shortened(tiny_pairs, monkeypatch, capsys):
