@@ -212,7 +212,8 @@ def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
     streaks = cv2.filter2D(noise, -1, _line_kernel(length, a, 1), borderType=cv2.BORDER_REFLECT)
     z = (streaks - streaks.mean()) / max(float(streaks.std()), 1e-6)
     threshold, spread = float(rng.uniform(0.3, 1.8)), float(rng.uniform(0.8, 2.5))
-    floor, peak = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0.45, 0.95))
+    floor = float(rng.uniform(0.0, 0.55))  # a lit sheet's veil can wash out half the scene
+    peak = float(rng.uniform(max(0.45, floor + 0.3), 0.95))
     layer = floor + (peak - floor) * np.clip((z - threshold) / spread, 0, 1)
     return layer.astype(np.float32), {"grain": grain, "length": length, "angle": a, "threshold": threshold,
                                       "spread": spread, "floor": floor, "peak": peak}

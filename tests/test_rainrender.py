@@ -98,6 +98,8 @@ def test_a_sheet_of_rain_is_streaks_over_a_veil_screen_blended():
         assert 15 <= p["length"] <= 90
         assert np.percentile(layer, 5) == pytest.approx(p["floor"], abs=1e-4)  # the veil everywhere
         assert layer.max() == pytest.approx(p["peak"], abs=0.02) and (layer > p["floor"] + 0.1).mean() > 0.01
+    floors = [p["floor"] for _, p in layers("sheet", n=40)]
+    assert max(floors) > 0.4 and min(floors) < 0.1  # from a faint veil to one that washes out half the scene
     gray = np.full((96, 96, 3), 0.5, np.float32)
     rainy, target, p = render_pair(gray, np.random.default_rng(3), RenderConfig(mix={"sheet": 1.0}, extras=NO_EXTRAS))
     lift = (rainy - 0.5) / 0.5  # screen blend: 1 - (1 - x)(1 - L) lifts x by L * (1 - x)
