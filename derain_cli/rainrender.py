@@ -155,24 +155,33 @@ def _streak_layer(h: int, w: int, rng: np.random.Generator, spec: dict, angle: f
     return np.clip(streaks / max(peak, 1e-6), 0, 1) * spec["intensity"]
 
 
+def _layered(h: int, w: int, rng: np.random.Generator, angle: float, count: tuple[int, int],
+             draw, blur: tuple[float, float], jitter: float) -> tuple[np.ndarray, list[dict]]:
+    """``count`` streak layers from far to near, screen-combined; ``draw(near)`` gives a layer's spec."""
+    n = int(rng.integers(*count))
+    rain = np.zeros((h, w), np.float32)
+    layers = []
+    for i in range(n):
+        near = (i + rng.random()) / n  # 0 = far, 1 = near
+        spec = draw(near)
+        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur, jitter))
+        layers.append(spec)
+    return rain, layers
+
+
 def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
                     rate: float = 1.0) -> tuple[np.ndarray, list[dict]]:
     """Heavy rain: 2-4 layers of dense, long, thin streaks; nearer layers longer and wider.
 
     ``rate`` scales every layer's density (the ``moderate`` family draws it below 1).
     """
-    n = int(rng.integers(2, 5))
-    rain = np.zeros((h, w), np.float32)
-    layers = []
-    for i in range(n):
-        near = (i + rng.random()) / n  # 0 = far, 1 = near
-        spec = {"density": float(rng.uniform(0.0015, 0.004) * (1.3 - 0.6 * near) * rate),
+    def draw(near: float) -> dict:
+        return {"density": float(rng.uniform(0.0015, 0.004) * (1.3 - 0.6 * near) * rate),
                 "length": int(rng.integers(40, 90) + near * rng.integers(20, 80)),
                 "width": int(1 + round(near * rng.uniform(0, 1.5))),
                 "intensity": float(rng.uniform(0.45, 0.8) + 0.2 * near)}
-        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur=(0.3, 0.6), jitter=4))
-        layers.append(spec)
-    return rain, layers
+
+    return _layered(h, w, rng, angle, (2, 5), draw, blur=(0.3, 0.6), jitter=4)
 
 
 def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
@@ -181,18 +190,13 @@ def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
     A phone in daylight exposes for 1/500 s or less, so drops stay short dashes instead of
     the long streaks of a slow exposure; Rain800's rain looks like this too.
     """
-    n = int(rng.integers(1, 4))
-    rain = np.zeros((h, w), np.float32)
-    layers = []
-    for i in range(n):
-        near = (i + rng.random()) / n
-        spec = {"density": float(rng.uniform(0.001, 0.004) * (1.2 - 0.5 * near)),
+    def draw(near: float) -> dict:
+        return {"density": float(rng.uniform(0.001, 0.004) * (1.2 - 0.5 * near)),
                 "length": int(rng.integers(6, 24) + near * rng.integers(0, 17)),
                 "width": int(2 + round(near * rng.uniform(0, 2))),
                 "intensity": float(rng.uniform(0.3, 0.6) + 0.2 * near)}
-        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur=(0.6, 1.2), jitter=6))
-        layers.append(spec)
-    return rain, layers
+
+    return _layered(h, w, rng, angle, (1, 4), draw, blur=(0.6, 1.2), jitter=6)
 
 
 def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, dict]:
