@@ -229,11 +229,11 @@ def test_unevenly_lit_rain_is_bright_on_the_lit_side_only():
     """The lighting extra dims the rain towards its ``low`` end; without it both sides get the same rain."""
     gray = np.full((160, 160, 3), 0.3, np.float32)
     lit = RenderConfig(mix={"sheet": 1.0}, extras={**NO_EXTRAS, "lighting": 1.0})
+    light = rain_lighting(160, 160, np.random.default_rng(0))[0]
+    assert 0.0 <= light.min() and light.max() <= 1.0 + 1e-6
     ratios = []
     for seed in range(12):
         rainy, target, p = render_pair(gray, np.random.default_rng(seed), lit)
-        light = rain_lighting(160, 160, np.random.default_rng(0))[0]
-        assert 0.0 <= light.min() and light.max() <= 1.0 + 1e-6
         lift = (rainy - target).mean(2)
         # the screen-blended lift under the ramp's two ends (direction drawn per pair)
         theta = p["lighting"]["direction"]
