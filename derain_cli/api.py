@@ -258,7 +258,7 @@ class Derainer:
         self.last_overlap = overlap
         if tile and self.shares_context:
             out, self.last_tile = self._process_shared(rgb, tile, overlap)
-            return tiling.from_unit(out, rgb.dtype)
+            return tiling.from_unit(out, rgb.dtype)  # as it is when the tiles wrote rgb's dtype
         out, self.last_tile = tiling.run_with_retry(
             self.process_tensor,
             rgb,
@@ -269,8 +269,9 @@ class Derainer:
             min_tile=self.traits.min_tile if not self.traits.exact_tiles else 0,
             notify=self.notify,
             progress=self.progress,
+            dtype=rgb.dtype,
         )
-        return tiling.from_unit(out, rgb.dtype)
+        return out
 
     def _process_shared(self, rgb: np.ndarray, tile: int, overlap: int) -> tuple[np.ndarray, int]:
         """Tiles of a net with image-wide operations: each flip view gets its own context, then its tiles.
@@ -286,6 +287,7 @@ class Derainer:
             out, tile = tiling.run_with_retry(
                 fn, view, tile=tile, overlap=overlap, multiple=self.traits.size_multiple, device=self.device,
                 notify=self.notify, origin=True, clip=self.ensemble == 1, progress=self.progress, fade=False,
+                dtype=rgb.dtype if self.ensemble == 1 else np.float32,  # views are averaged in float
             )
             del fn
             out = np.flip(out, axes) if axes else out

@@ -143,19 +143,23 @@ def run_tiles(
     clip: bool = True,
     progress: Progress | None = None,
     fade: bool = True,
+    dtype: np.dtype = np.float32,
 ) -> np.ndarray:
-    """Apply ``fn`` tile by tile; returns ``H x W x 3`` float32 in [0, 1] (``out`` reused if given).
+    """Apply ``fn`` tile by tile; returns ``H x W x 3`` ``dtype`` (float32 in [0, 1]; ``out`` reused if given).
 
     ``clip=False`` leaves values outside [0, 1], for callers that average several results first.
     ``fade=False`` cuts between tiles instead of cross-fading (see :func:`plan_axis`): for models
-    whose tiles agree with the whole image, so that the fade band is not computed twice.
+    whose tiles agree with the whole image, so that the fade band is not computed twice; each tile
+    is then written once, already in ``dtype`` (a 24 MP photo needs no float copy, nor a pass over it).
     A new ``out`` is left to the allocator's zero pages, so a 24 MP result only takes memory as
     tiles fill it (a model's context computed on the first tile does not have it to share).
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise DerainError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
+    if not fade:
+        return _run_cut_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out, origin=origin,
+                              clip=clip, progress=progress, dtype=dtype)
     h, w = image.shape[:2]
-    scale = _scale_of(image.dtype)
     if out is None:
         out = np.zeros((h, w, 3), np.float32)
     else:
@@ -169,26 +173,10 @@ def run_tiles(
     for c in cols:
         col_sum[c.dst0 : c.dst1] += c.weights
 
-    if progress:
-        progress(0, len(rows) * len(cols))  # before the first tile, which may compute a model's context
-    for n, (r, c) in enumerate(((r, c) for r in rows for c in cols), 1):
-        patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
-        if scale != 1.0:
-            patch *= np.float32(1.0 / scale)
-        x = torch.from_numpy(patch).permute(2, 0, 1)[None]
-        x = pad_to_multiple(x, multiple)
-        keep = (r.dst0 - r.src0, r.dst1 - r.src0, c.dst0 - c.src0, c.dst1 - c.src0)
-        y = fn(x, (r.src0, c.src0), keep) if origin else fn(x)
-        y = y[0, :, keep[0] : keep[1], keep[2] : keep[3]].float().cpu().numpy().transpose(1, 2, 0)
-        if fade:
-            y *= r.weights[:, None, None]
-            y *= c.weights[None, :, None]
-            out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y
-        else:  # cores do not overlap: weights are all 1
-            out[r.dst0 : r.dst1, c.dst0 : c.dst1] = y
-        del x, y, patch
-        if progress:
-            progress(n, len(rows) * len(cols))
+    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress):
+        y *= r.weights[:, None, None]
+        y *= c.weights[None, :, None]
+        out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y
 
     inv_col = (1.0 / col_sum).astype(np.float32)[None, :, None]
     for y0 in range(0, h, 256):  # normalise in row chunks: no image-sized temporaries
@@ -196,13 +184,48 @@ def run_tiles(
         block *= (1.0 / row_sum[y0 : y0 + 256]).astype(np.float32)[:, None, None] * inv_col
         if clip:
             np.clip(block, 0.0, 1.0, out=block)
+    return from_unit(out, dtype)
+
+
+def _tile_outputs(fn: TileFn, image: np.ndarray, rows: list[Span], cols: list[Span], multiple: int, origin: bool,
+                  progress: Progress | None):
+    """Yield ``(row span, column span, output)`` for every tile: the kept part, ``h x w x 3`` float32."""
+    scale = _scale_of(image.dtype)
+    if progress:
+        progress(0, len(rows) * len(cols))  # before the first tile, which may compute a model's context
+    for n, (r, c) in enumerate(((r, c) for r in rows for c in cols), 1):
+        patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
+        if scale != 1.0:
+            patch *= np.float32(1.0 / scale)
+        x = pad_to_multiple(torch.from_numpy(patch).permute(2, 0, 1)[None], multiple)
+        keep = (r.dst0 - r.src0, r.dst1 - r.src0, c.dst0 - c.src0, c.dst1 - c.src0)
+        y = fn(x, (r.src0, c.src0), keep) if origin else fn(x)
+        del x, patch
+        yield r, c, y[0, :, keep[0] : keep[1], keep[2] : keep[3]].float().cpu().numpy().transpose(1, 2, 0)
+        if progress:
+            progress(n, len(rows) * len(cols))
+
+
+def _run_cut_tiles(fn: TileFn, image: np.ndarray, *, tile: int, overlap: int, multiple: int, out: np.ndarray | None,
+                   origin: bool, clip: bool, progress: Progress | None, dtype: np.dtype) -> np.ndarray:
+    """:func:`run_tiles` with ``fade=False``: cores do not overlap, so each tile's output is final."""
+    h, w = image.shape[:2]
+    dtype = np.dtype(dtype)
+    if out is None or out.dtype != dtype:
+        out = np.zeros((h, w, 3), dtype)  # zero pages until tiles fill it
+    rows = plan_axis(h, tile, overlap, multiple, fade=False)
+    cols = plan_axis(w, tile, overlap, multiple, fade=False)
+    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress):
+        if clip:
+            np.clip(y, 0.0, 1.0, out=y)
+        out[r.dst0 : r.dst1, c.dst0 : c.dst1] = from_unit(y, dtype)
     return out
 
 
 def from_unit(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float [0, 1] -> ``dtype`` (rounded), converted in row chunks to bound memory."""
+    """Float [0, 1] -> ``dtype`` (rounded), converted in row chunks to bound memory; ``dtype`` already: as it is."""
     dtype = np.dtype(dtype)
-    if dtype == np.float32:
+    if dtype == np.float32 or img.dtype == dtype:
         return img
     scale = _scale_of(dtype)
     res = np.empty(img.shape, dtype)
@@ -248,13 +271,14 @@ def run_with_retry(
     clip: bool = True,
     progress: Progress | None = None,
     fade: bool = True,
+    dtype: np.dtype = np.float32,
 ) -> tuple[np.ndarray, int]:
     """:func:`run_tiles`, halving the tile on out-of-memory; returns ``(result, tile used)``."""
     floor = max(MIN_TILE, min_tile, multiple)
     while True:
         try:
             return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, origin=origin, clip=clip,
-                             progress=progress, fade=fade), tile
+                             progress=progress, fade=fade, dtype=dtype), tile
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -182,19 +182,33 @@ def _unwindows(t: torch.Tensor, b: int, c: int, h: int, w: int, ws: int) -> torc
     return x.reshape(b, c, h, w)
 
 
+def _token_rows(order: torch.Tensor) -> torch.Tensor:
+    """A ``B x N`` permutation as rows of the ``B*N x C`` token matrix: ``index_select`` on those is
+    several times faster than ``gather`` with an index expanded over the channels."""
+    b, n = order.shape
+    return (order + torch.arange(0, b * n, n, device=order.device)[:, None]).reshape(-1)
+
+
 def kmeans_order(tokens: torch.Tensor, k: int, iters: int) -> torch.Tensor:
-    """Permutation (B x N) that groups tokens by k-means cluster of their normalised features."""
+    """Permutation (B x N) that groups tokens by k-means cluster of their normalised features.
+
+    Spherical k-means without a normalised copy of the tokens: a token's nearest centroid by
+    cosine is its largest dot product (its norm is a positive factor), and the centroids are
+    sums of unit tokens, i.e. of tokens weighted by their inverse norms. On a 24 MP photo's
+    map (1.5 M tokens) the copy and its re-reads were most of the time.
+    """
     with torch.no_grad():
-        z = F.normalize(tokens.float(), dim=-1)
-        b, n, _ = z.shape
-        idx = torch.linspace(0, n - 1, k, device=z.device).long()
-        cent = z[:, idx]
+        t = tokens.float()
+        b, n, _ = t.shape
+        inv = t.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()  # as F.normalize's eps
+        idx = torch.linspace(0, n - 1, k, device=t.device).long()
+        cent = t[:, idx] * inv[:, idx]
         for _ in range(iters):
-            assign = torch.einsum("bnc,bkc->bnk", z, cent).argmax(-1)
-            onehot = F.one_hot(assign, k).to(z.dtype)
-            cent = F.normalize(torch.einsum("bnk,bnc->bkc", onehot, z) + 1e-6 * cent, dim=-1)
-        assign = torch.einsum("bnc,bkc->bnk", z, cent).argmax(-1)
-        key = assign * n + torch.arange(n, device=z.device)
+            assign = torch.bmm(t, cent.transpose(1, 2)).argmax(-1)
+            weights = F.one_hot(assign, k).to(t.dtype) * inv
+            cent = F.normalize(torch.bmm(weights.transpose(1, 2), t) + 1e-6 * cent, dim=-1)
+        assign = torch.bmm(t, cent.transpose(1, 2)).argmax(-1)
+        key = assign * n + torch.arange(n, device=t.device)  # a stable sort by cluster (ONNX has no stable sort)
         return key.argsort(dim=1)
 
 
@@ -218,15 +232,15 @@ class AttentionBlock(nn.Module):
         if self.kind == "cluster":
             t = y.flatten(2).transpose(1, 2)  # B, N, C
             n = t.shape[1]
-            order = kmeans_order(t, self.clusters, self.iters)
-            ts = torch.gather(t, 1, order[..., None].expand(-1, -1, c))
+            rows = _token_rows(kmeans_order(t, self.clusters, self.iters))
+            ts = t.reshape(b * n, c).index_select(0, rows).reshape(b, n, c)
             g = ws * ws
             pad = (-n) % g
             if pad:
                 ts = torch.cat([ts, ts[:, -1:].expand(-1, pad, -1)], 1)
             out = self.attn(ts.reshape(-1, g, c)).reshape(b, n + pad, c)[:, :n]
-            res = torch.empty_like(out).scatter_(1, order[..., None].expand(-1, -1, c), out)
-            y = res.transpose(1, 2).reshape(b, c, h, w)
+            res = torch.empty_like(out).reshape(b * n, c).index_copy_(0, rows, out.reshape(b * n, c))
+            y = res.reshape(b, n, c).transpose(1, 2).reshape(b, c, h, w)
         else:
             shift = ws // 2 if self.kind == "shifted" else 0
             if shift:
@@ -250,8 +264,8 @@ class AttentionBlock(nn.Module):
         if self.kind == "cluster":
             t = y.flatten(2).transpose(1, 2)  # B, N, C: a view of y, written back in place below
             n, g = t.shape[1], ws * ws
-            index = kmeans_order(t, self.clusters, self.iters)[..., None].expand(-1, -1, c)
-            ts = torch.gather(t, 1, index)
+            rows = kmeans_order(t, self.clusters, self.iters)[0]
+            ts = t[0].index_select(0, rows)[None]
             step = max(1, chunk // g) * g
             for s in range(0, n, step):
                 piece = ts[:, s:s + step]
@@ -259,8 +273,8 @@ class AttentionBlock(nn.Module):
                 if size % g:  # the last group, filled up with the last token as in forward()
                     piece = torch.cat([piece, piece[:, -1:].expand(-1, (-size) % g, -1)], 1)
                 ts[:, s:s + size] = self.attn(piece.reshape(-1, g, c)).reshape(b, -1, c)[:, :size]
-            t.scatter_(1, index, ts)
-            del ts, index
+            t[0].index_copy_(0, rows, ts[0])
+            del ts, rows
             x += y
         else:
             shift = ws // 2 if self.kind == "shifted" else 0
@@ -276,10 +290,12 @@ class AttentionBlock(nn.Module):
                 x.index_add_(2, idx, band)
         del y
         z = self.norm2(x)
-        rows = max(1, chunk // w)
-        for r in range(0, h, rows):  # the FFN's 3x3 conv needs one row of context each side
-            a0, a1 = max(0, r - 1), min(h, r + rows + 1)
-            x[..., r:r + rows, :] += self.ffn(z[..., a0:a1, :])[..., r - a0:r - a0 + rows, :]
+        side = max(8, math.isqrt(chunk))  # square blocks: the 3x3 conv's one pixel of context costs least
+        for r in range(0, h, side):
+            for s in range(0, w, side):
+                a0, a1, b0, b1 = max(0, r - 1), min(h, r + side + 1), max(0, s - 1), min(w, s + side + 1)
+                x[..., r:r + side, s:s + side] += \
+                    self.ffn(z[..., a0:a1, b0:b1])[..., r - a0:r - a0 + side, s - b0:s - b0 + side]
         return x
 
 
@@ -315,8 +331,6 @@ class Stage2(nn.Module):
 #: stage 2's head, refine and tail, and the full-resolution refiner (measured by
 #: ``tests/test_dualstage.py::test_margin_bounds_the_local_receptive_field``).
 TILE_MARGIN = 48
-#: Context each tile of :meth:`DualStageNet.tile_context` reads around its core (a multiple of 4).
-HEAD_MARGIN = 36
 #: Stage 1's blocks' output is kept in the tile context in float32 while it takes at most this much
 #: memory (a 16 MP photo); beyond, in bfloat16 (half the bytes: in float32 a 24 MP photo passed 3 GB)
 #: and tiles read it back in their dtype: running the blocks again in every tile cost a tenth of the time.
@@ -326,7 +340,7 @@ CONTEXT_STEP = 512
 #: Rows of the full-resolution refiner's bands in :meth:`DualStageNet.forward_tile` (see ``_refine_in_bands``).
 REFINE_BAND = 192
 #: Tokens the attention blocks handle at a time in :meth:`DualStageNet.tile_context`.
-LEAN_CHUNK = 1 << 16
+LEAN_CHUNK = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -344,15 +358,31 @@ class TileContext:
     veil: torch.Tensor | None = None
 
 
+def _mask_margin(cfg: dict) -> int:
+    """Receptive-field margin of :func:`rain_mask`: the top-hat's opening, the tolerance, the line opening."""
+    reach = max(max(abs(dy), abs(dx)) for a in RAIN_ANGLES for dy, dx in line_offsets(cfg["line"], a))
+    return 2 * (cfg["tophat"] // 2) + cfg["mask_tolerance"] + 2 * reach
+
+
+def head_margins(cfg: dict) -> tuple[int, int]:
+    """``(crop, blocks)``: context (multiples of 4) a head tile of :meth:`DualStageNet.tile_context` reads
+    around its core, and what it still keeps when stage 1's blocks run.
+
+    The blocks reach 2 half-resolution pixels each (4 at full resolution), stage 1's tail and stage 2's
+    head one more each (checked by ``tests/test_dualstage.py``). Only the mask and stage 1's head need
+    the wider crop: the blocks, most of the head's time, run on the narrower one.
+    """
+    blocks = -(-(4 * cfg["stage1_blocks"] + 2) // 4) * 4
+    return blocks + -(-(_mask_margin(cfg) + 3) // 4) * 4, blocks
+
+
 def local_margins(cfg: dict) -> tuple[int, int]:
     """``(before, refiner)``: receptive-field margins of a tile's work once the context holds both blocks' output.
 
     ``before`` covers the mask (top-hat opening, tolerance, line opening), stage 1's head and
     tail, stage 2's head, refine and tail; ``refiner`` the full-resolution refiner's convs.
     """
-    reach = max(max(abs(dy), abs(dx)) for a in RAIN_ANGLES for dy, dx in line_offsets(cfg["line"], a))
-    mask = 2 * (cfg["tophat"] // 2) + cfg["mask_tolerance"] + 2 * reach
-    return mask + 6, 2 + 2 * cfg.get("fullres_blocks", 0) if cfg.get("fullres_blocks", 0) else 0
+    return _mask_margin(cfg) + 6, 2 + 2 * cfg.get("fullres_blocks", 0) if cfg.get("fullres_blocks", 0) else 0
 
 
 class DualStageNet(nn.Module):
@@ -417,7 +447,7 @@ class DualStageNet(nn.Module):
         ``x`` is in [0, 1], or uint8 (0-255): each piece is then converted as it is read, so a
         24 MP photo never has a 288 MB float copy beside the context.
 
-        Each head tile reads ``HEAD_MARGIN`` extra pixels on every side and keeps its core, so
+        Each head tile reads :func:`head_margins` extra pixels on every side and keeps its core, so
         the maps equal the whole-image ones (up to float rounding) at any tile size. The padded
         image is never built whole: each tile pads its own crop where it meets the border.
         Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel; in bfloat16
@@ -428,7 +458,8 @@ class DualStageNet(nn.Module):
         top, left = (hp - h) // 2, (wp - w) // 2  # as pad_to_multiple splits it
         mode = "reflect" if (hp - top - h < h and wp - left - w < w) else "replicate"
         geometry = ((top, left, h, w), (hp, wp), mode)
-        step, m = max(32, min(tile, CONTEXT_STEP) // 32 * 32), HEAD_MARGIN
+        step = max(32, min(tile, CONTEXT_STEP) // 32 * 32)
+        m, mb = head_margins(self.cfg)
         g = g1 = None
         veil = self._veil_params(x)
         prepare = self._veil_fn(veil)
@@ -441,6 +472,11 @@ class DualStageNet(nn.Module):
                 crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1, prepare)
                 mask = self.mask(crop)
                 fs = self.stage1.features(crop, mask)
+                # the blocks need less context than the mask: narrow to it (never on the image's border)
+                r0, c0 = max(0, y0 - mb - a0), max(0, x0 - mb - b0)
+                r1, c1 = min(a1, y1 + mb) - a0, min(b1, x1 + mb) - b0
+                crop, mask, fs = (t[..., r0:r1, c0:c1] for t in (crop, mask, fs))
+                a0, b0 = a0 + r0, b0 + c0
                 blocks = self.stage1.run_blocks(fs, mask)
                 coarse, f1 = self.stage1.finish(crop, fs, blocks)
                 part = self.stage2.down(self.stage2.features(coarse, crop, f1))
