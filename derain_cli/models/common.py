@@ -1,6 +1,7 @@
 """Building blocks and losses shared by several architectures."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -20,6 +21,23 @@ def edge_loss(x: torch.Tensor, y: torch.Tensor, per_image: bool = False) -> torc
     k = k.expand(x.shape[1], 1, 3, 3)
     lap = lambda t: F.conv2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), k, groups=t.shape[1])  # noqa: E731
     return charbonnier(lap(x), lap(y), per_image=per_image)
+
+
+def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, 1)`` in the first tensor's memory format.
+
+    A one-channel map (a rain mask) is contiguous in both formats, and ``torch.cat`` then picks
+    NCHW: a channels_last conv on that input ran 4x slower on the CPU. Outside autograd the
+    result is written into a channels_last buffer instead (``out=`` does not record gradients).
+    """
+    first = tensors[0]
+    if torch.is_grad_enabled() or first.is_contiguous() or not first.is_contiguous(memory_format=torch.channels_last):
+        return torch.cat(tensors, 1)
+    b, _, h, w = first.shape
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    out = torch.empty(b, sum(t.shape[1] for t in tensors), h, w, dtype=dtype, device=first.device,
+                      memory_format=torch.channels_last)
+    return torch.cat(tensors, 1, out=out)
 
 
 def shifted_extreme(x: torch.Tensor, offsets, reduce) -> torch.Tensor:

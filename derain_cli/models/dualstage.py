@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Card, ModelSpec, Tiling, Training, Traits, register_model
-from .common import FullResRefiner, ResBlock, VeilHead, box_extreme, crop_to_box, pad_to_multiple, shifted_extreme
+from .common import (FullResRefiner, ResBlock, VeilHead, box_extreme, cat_channels, crop_to_box, pad_to_multiple,
+                     shifted_extreme)
 
 # ---------------------------------------------------------------------------- mask
 
@@ -111,7 +112,7 @@ class MaskAttentionBlock(nn.Module):
 
     def forward(self, x, mask):
         h = self.body(x)
-        return x + h * torch.sigmoid(self.gate(torch.cat([h, mask], 1)))
+        return x + h * torch.sigmoid(self.gate(cat_channels([h, mask])))
 
 
 class Stage1(nn.Module):
@@ -133,10 +134,10 @@ class Stage1(nn.Module):
 
     def features(self, x, mask):
         """Full-resolution features with rain suppressed (local, 1 pixel beyond the mask's margin)."""
-        f = self.head(torch.cat([x, mask], 1))
-        # In the conv dtype: an fp32 factor would turn every later full-resolution
-        # feature map fp32 under bf16 autocast, each cast back for the next conv.
-        return f * (1 - torch.sigmoid(self.suppress) * mask).to(f.dtype)
+        f = self.head(cat_channels([x, mask]))
+        # f * (1 - s * mask) as f - (f * mask) * s: no 16-channel factor map in the mask's (NCHW) layout,
+        # and in the conv dtype: fp32 would turn every later feature map fp32 under bf16 autocast.
+        return torch.addcmul(f, f * mask.to(f.dtype), torch.sigmoid(self.suppress).to(f.dtype), value=-1)
 
     def run_blocks(self, f, mask):
         """The half-resolution mask-attention blocks: most of this stage's time."""
@@ -252,7 +253,7 @@ class AttentionBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
     def forward_lean(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        """:meth:`forward` on one big map (batch 1) with two or three map-sized buffers, updating ``x`` in place.
+        """:meth:`forward` on one big map (batch 1) with one or two map-sized buffers, updating ``x`` in place.
 
         The same operations, image-wide where they are (GroupNorm, k-means), but attention and
         the FFN run on about ``chunk`` tokens at a time: on a 12 MP photo's map the plain
@@ -262,20 +263,19 @@ class AttentionBlock(nn.Module):
         y = self.norm1(x)
         ws = self.window
         if self.kind == "cluster":
-            t = y.flatten(2).transpose(1, 2)  # B, N, C: a view of y, written back in place below
-            n, g = t.shape[1], ws * ws
-            rows = kmeans_order(t, self.clusters, self.iters)[0]
-            ts = t[0].index_select(0, rows)[None]
+            t = y.flatten(2).transpose(1, 2)[0]  # N x C, a view of y
+            n, g = t.shape[0], ws * ws
+            rows = kmeans_order(t[None], self.clusters, self.iters)[0]
+            out = x.flatten(2).transpose(1, 2)[0]  # N x C, a view of x: each group's result is added in place
             step = max(1, chunk // g) * g
             for s in range(0, n, step):
-                piece = ts[:, s:s + step]
-                size = piece.shape[1]
+                idx = rows[s:s + step]
+                piece = t.index_select(0, idx)
+                size = piece.shape[0]
                 if size % g:  # the last group, filled up with the last token as in forward()
-                    piece = torch.cat([piece, piece[:, -1:].expand(-1, (-size) % g, -1)], 1)
-                ts[:, s:s + size] = self.attn(piece.reshape(-1, g, c)).reshape(b, -1, c)[:, :size]
-            t[0].index_copy_(0, rows, ts[0])
-            del ts, rows
-            x += y
+                    piece = torch.cat([piece, piece[-1:].expand((-size) % g, -1)], 0)
+                out.index_add_(0, idx, self.attn(piece.reshape(-1, g, c)).reshape(-1, c)[:size])
+            del rows
         else:
             shift = ws // 2 if self.kind == "shifted" else 0
             rows = max(1, chunk // (w * ws)) * ws
@@ -327,14 +327,11 @@ class Stage2(nn.Module):
         return coarse + self.tail(f)
 
 
-#: Receptive-field margin (pixels) of everything outside the attention blocks: the mask, stage 1,
-#: stage 2's head, refine and tail, and the full-resolution refiner (measured by
-#: ``tests/test_dualstage.py::test_margin_bounds_the_local_receptive_field``).
-TILE_MARGIN = 48
-#: Stage 1's blocks' output is kept in the tile context in float32 while it takes at most this much
-#: memory (a 16 MP photo); beyond, in bfloat16 (half the bytes: in float32 a 24 MP photo passed 3 GB)
-#: and tiles read it back in their dtype: running the blocks again in every tile cost a tenth of the time.
-KEEP_BLOCKS_BYTES = 512 << 20
+#: Stage 2's full-resolution features and stage 1's coarse image are kept in the tile context in
+#: float32 while they take at most this much memory (a 7 MP photo); beyond, in float16 (half the
+#: bytes: in float32 a 24 MP photo passes 3 GB; rounding 2^-11 of each value). Tiles then run only
+#: stage 2's last layers and the refiner: computing the head again in every tile cost a twentieth of the time.
+KEEP_FP32_BYTES = 512 << 20
 #: Largest head tile of :meth:`DualStageNet.tile_context`: stage 1's blocks slow down on bigger maps (CPU cache).
 CONTEXT_STEP = 512
 #: Rows of the full-resolution refiner's bands in :meth:`DualStageNet.forward_tile` (see ``_refine_in_bands``).
@@ -345,15 +342,17 @@ LEAN_CHUNK = 1 << 13
 
 @dataclass(frozen=True)
 class TileContext:
-    """What every tile of one image shares: the image-wide attention's output, and stage 1's blocks'."""
+    """What every tile of one image shares: the image-wide attention's output, and what it was computed from."""
 
     g: torch.Tensor  # 1 x dim x Hp/4 x Wp/4, over the whole padded image
     box: tuple[int, int, int, int]  # (top, left, h, w) of the image inside the padded one
     padded: tuple[int, int]  # (Hp, Wp)
     mode: str  # how the whole image was padded: reflect or replicate
-    #: 1 x stage1_width x Hp/2 x Wp/2: stage 1's half-resolution blocks (computed for ``g`` anyway),
-    #: kept so that tiles do not run them again (bfloat16 beyond ``KEEP_BLOCKS_BYTES``).
-    g1: torch.Tensor
+    #: 1 x channels x Hp x Wp: stage 2's features before the attention (computed for ``g`` anyway),
+    #: kept so that tiles do not run the head again (float16 beyond ``KEEP_FP32_BYTES``).
+    f: torch.Tensor
+    #: 1 x 3 x Hp x Wp: stage 1's coarse image, which stage 2's output adds to (same dtype as ``f``).
+    coarse: torch.Tensor
     #: 1 x 4 x H/s x W/s: the veil head's correction map over the whole (unpadded) image.
     veil: torch.Tensor | None = None
 
@@ -377,12 +376,18 @@ def head_margins(cfg: dict) -> tuple[int, int]:
 
 
 def local_margins(cfg: dict) -> tuple[int, int]:
-    """``(before, refiner)``: receptive-field margins of a tile's work once the context holds both blocks' output.
+    """``(before, refiner)``: receptive-field margins of a tile's work, all of it after the context.
 
-    ``before`` covers the mask (top-hat opening, tolerance, line opening), stage 1's head and
-    tail, stage 2's head, refine and tail; ``refiner`` the full-resolution refiner's convs.
+    ``before`` covers stage 2's refine block and tail (its pixel-shuffle is aligned on the
+    4-pixel grid), ``refiner`` the full-resolution refiner's convs.
     """
-    return _mask_margin(cfg) + 6, 2 + 2 * cfg.get("fullres_blocks", 0) if cfg.get("fullres_blocks", 0) else 0
+    return 3, 2 + 2 * cfg.get("fullres_blocks", 0) if cfg.get("fullres_blocks", 0) else 0
+
+
+def tile_margin(cfg: dict) -> int:
+    """Context a tile needs on each side: :func:`local_margins` and up to 3 pixels given up to meet the
+    quarter-resolution grid, rounded up to a multiple of 4."""
+    return -(-(sum(local_margins(cfg)) + 3) // 4) * 4
 
 
 class DualStageNet(nn.Module):
@@ -431,10 +436,10 @@ class DualStageNet(nn.Module):
         return self.forward_stages(x)[1]
 
     # -- tiles that agree with the whole image --------------------------------------------
-    # Everything but stage 2's attention blocks is convolutional, with a receptive-field margin
-    # under TILE_MARGIN pixels. The blocks are not: k-means, sorting by cluster and GroupNorm see
-    # the whole map. So the blocks run once, on the whole image at quarter resolution (a small
-    # map: dim/16 values per pixel), and every tile takes its part of their output from there.
+    # Everything but stage 2's attention blocks is convolutional. The blocks are not: k-means,
+    # sorting by cluster and GroupNorm see the whole map. So everything up to the blocks runs once,
+    # in head tiles with enough margin to be exact, the blocks on the whole image at quarter
+    # resolution (dim/16 values per pixel), and every tile runs the layers after them on its part.
 
     def _head(self, xp):
         """Stage 1's coarse image and stage 2's features before the attention (both local)."""
@@ -450,8 +455,8 @@ class DualStageNet(nn.Module):
         Each head tile reads :func:`head_margins` extra pixels on every side and keeps its core, so
         the maps equal the whole-image ones (up to float rounding) at any tile size. The padded
         image is never built whole: each tile pads its own crop where it meets the border.
-        Stage 1's blocks' output is kept too (a quarter of stage 1's width per pixel; in bfloat16
-        beyond ``KEEP_BLOCKS_BYTES``), so that :meth:`forward_tile` runs only the cheap local layers again.
+        Stage 2's features before the attention and the coarse image are kept too (float16 beyond
+        ``KEEP_FP32_BYTES``), so that :meth:`forward_tile` runs only the layers after the attention.
         """
         h, w = x.shape[-2:]
         hp, wp = h + (-h) % self.multiple, w + (-w) % self.multiple
@@ -460,10 +465,10 @@ class DualStageNet(nn.Module):
         geometry = ((top, left, h, w), (hp, wp), mode)
         step = max(32, min(tile, CONTEXT_STEP) // 32 * 32)
         m, mb = head_margins(self.cfg)
-        g = g1 = None
+        g = f = coarse = None
         veil = self._veil_params(x)
         prepare = self._veil_fn(veil)
-        full = hp * wp * self.cfg["stage1_width"] <= KEEP_BLOCKS_BYTES  # the kept map's bytes in float32
+        full = hp * wp * (self.cfg["channels"] + 3) * 4 <= KEEP_FP32_BYTES  # the kept maps' bytes in float32
         for y0 in range(0, hp, step):
             for x0 in range(0, wp, step):
                 y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
@@ -477,21 +482,21 @@ class DualStageNet(nn.Module):
                 r1, c1 = min(a1, y1 + mb) - a0, min(b1, x1 + mb) - b0
                 crop, mask, fs = (t[..., r0:r1, c0:c1] for t in (crop, mask, fs))
                 a0, b0 = a0 + r0, b0 + c0
-                blocks = self.stage1.run_blocks(fs, mask)
-                coarse, f1 = self.stage1.finish(crop, fs, blocks)
-                part = self.stage2.down(self.stage2.features(coarse, crop, f1))
+                c, f1 = self.stage1.finish(crop, fs, self.stage1.run_blocks(fs, mask))
+                feats = self.stage2.features(c, crop, f1)
+                part = self.stage2.down(feats)
                 if g is None:
                     g = _empty_like(part, hp // 4, wp // 4)
-                    kept = blocks.dtype if full or blocks.element_size() < 4 else torch.bfloat16
-                    g1 = _empty_like(blocks, hp // 2, wp // 2, kept)
+                    kept = feats.dtype if full or feats.element_size() < 4 else torch.float16
+                    f, coarse = _empty_like(feats, hp, wp, kept), _empty_like(c, hp, wp, kept)
                 g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
                     part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
-                g1[..., y0 // 2:y1 // 2, x0 // 2:x1 // 2] = \
-                    blocks[..., (y0 - a0) // 2:(y1 - a0) // 2, (x0 - b0) // 2:(x1 - b0) // 2]
-                del crop, mask, fs, blocks, coarse, f1, part
+                f[..., y0:y1, x0:x1] = feats[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+                coarse[..., y0:y1, x0:x1] = c[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+                del crop, mask, fs, c, f1, feats, part
         for blk in self.stage2.blocks:
             blk.forward_lean(g, LEAN_CHUNK)
-        return TileContext(g, *geometry, g1=g1, veil=veil)
+        return TileContext(g, *geometry, f=f, coarse=coarse, veil=veil)
 
     def _veil_params(self, x: torch.Tensor) -> torch.Tensor | None:
         """The veil head's map of the whole image, pooled in bands (no float copy of a big photo)."""
@@ -507,13 +512,12 @@ class DualStageNet(nn.Module):
 
     def forward_tile(self, x: torch.Tensor, ctx: "TileContext", origin: tuple[int, int],
                      window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-        """The whole image's output over this tile (exact wherever the tile has ``TILE_MARGIN`` of context).
+        """The whole image's output over this tile (exact wherever the tile has :func:`tile_margin` of context).
 
         ``window`` (rows ``i0:i1``, columns ``j0:j1`` of the tile) is the part the caller keeps:
         each stage then runs only as far beyond it as the next stage needs, and the rest of the
-        tile comes back as copies of the nearest computed pixels. The tile is padded like the
-        whole image where it touches the image's border, and cut to the quarter-resolution grid
-        of the whole padded image (losing at most 3 pixels of context, which tiles have plenty of).
+        tile comes back as copies of the nearest computed pixels. Stage 2's last layers run on the
+        context's maps, cut to its quarter-resolution grid; only the refiner reads the tile itself.
         """
         top, left, h, w = ctx.box
         th, tw = x.shape[-2:]
@@ -521,20 +525,18 @@ class DualStageNet(nn.Module):
         rows = _tile_rows(origin[0], th, window[:2] if window else (0, th), top, h, ctx.padded[0], margins)
         cols = _tile_rows(origin[1], tw, window[2:] if window else (0, tw), left, w, ctx.padded[1], margins)
         (sy, ey, fy0, fy1), (sx, ex, fx0, fx1) = rows, cols
-        crop = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), sy, ey, sx, ex, self._veil_fn(ctx.veil))
-        mask = self.mask(crop)
-        fs = self.stage1.features(crop, mask)
-        blocks = ctx.g1[..., sy // 2:ey // 2, sx // 2:ex // 2].to(fs.dtype)
-        coarse, f1 = self.stage1.finish(crop, fs, blocks)
-        f = self.stage2.features(coarse, crop, f1)
+        f, coarse = ctx.f[..., sy:ey, sx:ex], ctx.coarse[..., sy:ey, sx:ex]
+        if not torch.is_autocast_enabled(x.device.type):  # kept in float16: computed in the tile's dtype
+            f, coarse = f.to(x.dtype), coarse.to(x.dtype)
         final = self.stage2.finish(coarse, f, ctx.g[..., sy // 4:ey // 4, sx // 4:ex // 4])
         final = final[..., fy0 - sy:fy1 - sy, fx0 - sx:fx1 - sx]
         # The part computed, inside the image, in this tile's coordinates: [i0, i1) x [j0, j1).
         i0, i1 = fy0 - top - origin[0], fy1 - top - origin[0]
         j0, j1 = fx0 - left - origin[1], fx1 - left - origin[1]
         if self.fullres is not None:
-            # the refiner's input from the crop: inside the image, already veil-corrected
-            xr = crop[..., fy0 - sy:fy1 - sy, fx0 - sx:fx1 - sx]
+            # the refiner's input: the tile inside the image, veil-corrected as the whole image is
+            xr = _padded_region(x, origin, (ctx.box, ctx.padded, ctx.mode), fy0, fy1, fx0, fx1,
+                                self._veil_fn(ctx.veil))
             final = _refine_in_bands(self.fullres, xr, final, self.local[1])
         if (i0, j0, i1, j1) != (0, 0, th, tw):
             final = F.pad(final, (j0, tw - j1, i0, th - i1), mode="replicate")
@@ -630,10 +632,9 @@ PRESETS = {
 def traits(config: dict) -> Traits:
     """Any size (the network pads to its attention windows itself); tiles are exact through
     :meth:`DualStageNet.tile_context`."""
-    # The attention blocks (k-means, GroupNorm: image-wide) run once on the whole image at
-    # quarter resolution (DualStageNet.tile_context); the rest is local with a margin under
-    # TILE_MARGIN, plus up to 3 pixels each tile gives up to meet the quarter-resolution grid.
-    return Traits(tiling=Tiling.CONTEXT, tile_margin=TILE_MARGIN + 4, bytes_per_pixel=3000.0)
+    # The attention blocks (k-means, GroupNorm: image-wide) and everything before them run once on
+    # the whole image (DualStageNet.tile_context); tiles run the local layers after them.
+    return Traits(tiling=Tiling.CONTEXT, tile_margin=tile_margin(config), bytes_per_pixel=3000.0)
 
 
 SPEC = register_model(ModelSpec(
