@@ -33,8 +33,9 @@ from .models.common import pad_to_multiple as _pad
 #: tile's part from something computed once on the whole image (see ``api.Derainer``),
 #: and the window ``(i0, i1, j0, j1)`` of the tile that is kept: only that part must be right.
 TileFn = Callable[..., torch.Tensor]
-#: ``progress(done, total)`` before the first tile and after each.
-Progress = Callable[[int, int], None]
+#: ``progress(done, total)`` before the first tile and after each; a model's image-wide context
+#: (``api.Derainer``) reports its own steps as ``progress(done, total, "context")``.
+Progress = Callable[..., None]
 
 #: Smallest tile automatic sizing or OOM halving will go down to.
 MIN_TILE = 64

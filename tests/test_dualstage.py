@@ -161,6 +161,24 @@ def test_tiled_matches_whole_image(flips, keep, veil, monkeypatch):
     assert np.abs(d.process(img, tile=48) - whole).max() > 1e-2
 
 
+def test_a_tiled_photo_reports_its_context_then_its_tiles():
+    # The context is 40% of a 24 MP photo's time: a bar frozen at 0 tiles meanwhile would look hung.
+    from derain_cli.api import Derainer
+
+    spec = get_spec("dualstage")
+    d = Derainer(spec, spec.config(**TINY), _random_net(**TINY), torch.device("cpu"))
+    calls = []
+    d.progress = lambda done, total, label="tiles": calls.append((label, done, total))
+    d.process(np.random.default_rng(0).random((150, 203, 3)).astype(np.float32), tile=64)
+    context = [c for c in calls if c[0] == "context"]
+    tiles = [c for c in calls if c[0] == "tiles"]
+    total = context[0][2]  # the head tiles, then the 2 attention blocks
+    assert total > 2 and [done for _, done, _ in context] == list(range(1, total + 1))
+    assert {t for *_, t in context} == {total}
+    assert tiles[0][1] == 0 and tiles[-1][1] == tiles[-1][2] == 12  # 3 x 4 tiles of 64
+    assert calls.index(context[-1]) < calls.index(tiles[1])  # the context is done before the first tile is
+
+
 def test_stages_are_both_supervised_and_a_step_runs():
     spec = get_spec("dualstage")
     recipe = spec.recipe(spec, spec.config(**TINY), "paired")

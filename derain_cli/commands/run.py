@@ -129,26 +129,27 @@ def _model_memory(derainer) -> dict:
 
 @contextmanager
 def _tile_bar(derainer):
-    """A progress bar over the tiles of one big photo, on stderr (none for a photo run whole)."""
+    """Progress bars over the tiles of one big photo, and over a model's image-wide context, on stderr
+    (none for a photo run whole)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
-    tasks: list = []
+    bar = Progress(TextColumn("{task.description:8s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    tasks: dict = {}  # label -> task: each pass (one per flip view) gets fresh bars
     started: list = []  # stopping a bar that never started still prints a blank line
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, label: str = "tiles") -> None:
         if total <= 1:
             return
-        if not tasks:  # each pass (one per flip view) gets a fresh bar
+        if label not in tasks:
             if not started:
                 bar.start()
                 started.append(True)
-            tasks.append(bar.add_task("tiles", total=total))
-        bar.update(tasks[0], completed=done, total=total)
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
         if done >= total:
-            bar.remove_task(tasks.pop())
+            bar.remove_task(tasks.pop(label))
 
     derainer.progress = update
     try:

@@ -446,7 +446,7 @@ class DualStageNet(nn.Module):
         coarse, f1 = self.stage1(xp, self.mask(xp))
         return coarse, self.stage2.features(coarse, xp, f1)
 
-    def tile_context(self, x: torch.Tensor, tile: int) -> "TileContext":
+    def tile_context(self, x: torch.Tensor, tile: int, progress=None) -> "TileContext":
         """Run the attention blocks on the whole image ``x`` (its full-resolution part in tiles of ``tile``).
 
         ``x`` is in [0, 1], or uint8 (0-255): each piece is then converted as it is read, so a
@@ -457,6 +457,7 @@ class DualStageNet(nn.Module):
         image is never built whole: each tile pads its own crop where it meets the border.
         Stage 2's features before the attention and the coarse image are kept too (float16 beyond
         ``KEEP_FP32_BYTES``), so that :meth:`forward_tile` runs only the layers after the attention.
+        ``progress(done, total)`` is called after each head tile and each attention block.
         """
         h, w = x.shape[-2:]
         hp, wp = h + (-h) % self.multiple, w + (-w) % self.multiple
@@ -469,33 +470,37 @@ class DualStageNet(nn.Module):
         veil = self._veil_params(x)
         prepare = self._veil_fn(veil)
         full = hp * wp * (self.cfg["channels"] + 3) * 4 <= KEEP_FP32_BYTES  # the kept maps' bytes in float32
-        for y0 in range(0, hp, step):
-            for x0 in range(0, wp, step):
-                y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
-                a1, b1 = min(hp, y1 + m), min(wp, x1 + m)
-                a0, b0 = max(0, min(y0 - m, a1 - 96)), max(0, min(x0 - m, b1 - 96))  # 96: room to reflect
-                crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1, prepare)
-                mask = self.mask(crop)
-                fs = self.stage1.features(crop, mask)
-                # the blocks need less context than the mask: narrow to it (never on the image's border)
-                r0, c0 = max(0, y0 - mb - a0), max(0, x0 - mb - b0)
-                r1, c1 = min(a1, y1 + mb) - a0, min(b1, x1 + mb) - b0
-                crop, mask, fs = (t[..., r0:r1, c0:c1] for t in (crop, mask, fs))
-                a0, b0 = a0 + r0, b0 + c0
-                c, f1 = self.stage1.finish(crop, fs, self.stage1.run_blocks(fs, mask))
-                feats = self.stage2.features(c, crop, f1)
-                part = self.stage2.down(feats)
-                if g is None:
-                    g = _empty_like(part, hp // 4, wp // 4)
-                    kept = feats.dtype if full or feats.element_size() < 4 else torch.float16
-                    f, coarse = _empty_like(feats, hp, wp, kept), _empty_like(c, hp, wp, kept)
-                g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
-                    part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
-                f[..., y0:y1, x0:x1] = feats[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
-                coarse[..., y0:y1, x0:x1] = c[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
-                del crop, mask, fs, c, f1, feats, part
-        for blk in self.stage2.blocks:
+        steps = [(y0, x0) for y0 in range(0, hp, step) for x0 in range(0, wp, step)]
+        report = progress or (lambda done, total: None)
+        total = len(steps) + len(self.stage2.blocks)
+        for done, (y0, x0) in enumerate(steps, 1):
+            y1, x1 = min(hp, y0 + step), min(wp, x0 + step)
+            a1, b1 = min(hp, y1 + m), min(wp, x1 + m)
+            a0, b0 = max(0, min(y0 - m, a1 - 96)), max(0, min(x0 - m, b1 - 96))  # 96: room to reflect
+            crop = _padded_region(x, (0, 0), geometry, a0, a1, b0, b1, prepare)
+            mask = self.mask(crop)
+            fs = self.stage1.features(crop, mask)
+            # the blocks need less context than the mask: narrow to it (never on the image's border)
+            r0, c0 = max(0, y0 - mb - a0), max(0, x0 - mb - b0)
+            r1, c1 = min(a1, y1 + mb) - a0, min(b1, x1 + mb) - b0
+            crop, mask, fs = (t[..., r0:r1, c0:c1] for t in (crop, mask, fs))
+            a0, b0 = a0 + r0, b0 + c0
+            c, f1 = self.stage1.finish(crop, fs, self.stage1.run_blocks(fs, mask))
+            feats = self.stage2.features(c, crop, f1)
+            part = self.stage2.down(feats)
+            if g is None:
+                g = _empty_like(part, hp // 4, wp // 4)
+                kept = feats.dtype if full or feats.element_size() < 4 else torch.float16
+                f, coarse = _empty_like(feats, hp, wp, kept), _empty_like(c, hp, wp, kept)
+            g[..., y0 // 4:y1 // 4, x0 // 4:x1 // 4] = \
+                part[..., (y0 - a0) // 4:(y1 - a0) // 4, (x0 - b0) // 4:(x1 - b0) // 4]
+            f[..., y0:y1, x0:x1] = feats[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+            coarse[..., y0:y1, x0:x1] = c[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+            del crop, mask, fs, c, f1, feats, part
+            report(done, total)
+        for done, blk in enumerate(self.stage2.blocks, len(steps) + 1):
             blk.forward_lean(g, LEAN_CHUNK)
+            report(done, total)
         return TileContext(g, *geometry, f=f, coarse=coarse, veil=veil)
 
     def _veil_params(self, x: torch.Tensor) -> torch.Tensor | None:
