@@ -216,7 +216,7 @@ def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
     streaks = cv2.filter2D(noise, -1, _line_kernel(length, a, 1), borderType=cv2.BORDER_REFLECT)
     z = (streaks - streaks.mean()) / max(float(streaks.std()), 1e-6)
     threshold, spread = float(rng.uniform(0.3, 1.8)), float(rng.uniform(0.8, 2.5))
-    floor = float(rng.uniform(0.0, 0.55))  # a lit sheet's veil can wash out half the scene
+    floor = float(rng.uniform(0.0, 0.65))  # a lit sheet's veil can wash out more than half the scene
     peak = float(rng.uniform(max(0.45, floor + 0.3), 0.95))
     layer = floor + (peak - floor) * np.clip((z - threshold) / spread, 0, 1)
     return layer.astype(np.float32), {"grain": grain, "length": length, "angle": a, "threshold": threshold,
@@ -298,8 +298,11 @@ def _atmosphere(rng: np.random.Generator) -> np.ndarray:
 
 
 def accumulate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """JORDER's rain accumulation: ``alpha * O + (1 - alpha) * A``, a veil of scattered light."""
-    alpha = float(rng.uniform(0.55, 0.95))
+    """JORDER's rain accumulation: ``alpha * O + (1 - alpha) * A``, a veil of scattered light.
+
+    Down to ``alpha = 0.45``: in a real downpour the veil can hide more than half the scene.
+    """
+    alpha = float(rng.uniform(0.45, 0.95))
     atmos = _atmosphere(rng)
     return alpha * img + (1 - alpha) * atmos, {"alpha": alpha, "atmospheric_light": [float(v) for v in atmos]}
 
