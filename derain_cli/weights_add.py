@@ -38,6 +38,13 @@ def toml_value(value: Any) -> str:
     raise WeightsError(f"cannot write a {type(value).__name__} into weights.toml")
 
 
+def _field(key: str, value: Any) -> str:
+    """``key = value``; a list of several strings (a lineage) one item a line, so the file stays readable."""
+    if isinstance(value, (list, tuple)) and len(value) > 1 and all(isinstance(v, str) for v in value):
+        return f"{key} = [\n" + "".join(f"  {toml_value(v)},\n" for v in value) + "]"
+    return f"{key} = {toml_value(value)}"
+
+
 def _key(key: str) -> str:
     return key if _BARE.fullmatch(key) else json.dumps(key)
 
@@ -69,7 +76,7 @@ def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
 
 def entry_text(name: str, fields: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> str:
     """The TOML of one entry and its metrics sub-tables, in weights.toml's layout."""
-    lines = [f'\n["{name}"]'] + [f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None]
+    lines = [f'\n["{name}"]'] + [_field(k, v) for k, v in fields.items() if v is not None]
     for dataset, table in metrics.items():
         lines.append(f'\n["{name}".metrics.{_key(dataset)}]')
         lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]

@@ -44,6 +44,16 @@ def test_add_writes_a_loadable_entry_and_bundles_the_file(env, monkeypatch, caps
     assert (weights.BUNDLED_DIR / "dualstage-mine.safetensors").read_bytes() == data
 
 
+def test_a_long_lineage_is_written_one_step_a_line():
+    from derain_cli.weights_add import entry_text
+
+    steps = [f"stage {i}: " + "x" * 300 for i in range(6)]
+    text = entry_text("dualstage.mine", {"lineage": steps, "tasks": ["derain"]}, {})
+    assert max(len(line) for line in text.splitlines()) < 320
+    assert 'tasks = ["derain"]' in text
+    assert tomllib.loads(text)["dualstage.mine"]["lineage"] == steps
+
+
 @pytest.mark.parametrize("case, message", [
     ("twice", "already has [dualstage.mine]"),
     ("two models", "holds 2 models"),
