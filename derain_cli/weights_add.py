@@ -39,10 +39,11 @@ def toml_value(value: Any) -> str:
 
 
 def _field(key: str, value: Any) -> str:
-    """``key = value``; a list of several strings (a lineage) one item a line, so the file stays readable."""
-    if isinstance(value, (list, tuple)) and len(value) > 1 and all(isinstance(v, str) for v in value):
+    """``key = value``; a list of strings too long for one line (a lineage) one item a line, so the file stays readable."""
+    line = f"{key} = {toml_value(value)}"
+    if len(line) > 120 and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return f"{key} = [\n" + "".join(f"  {toml_value(v)},\n" for v in value) + "]"
-    return f"{key} = {toml_value(value)}"
+    return line
 
 
 def _key(key: str) -> str:
