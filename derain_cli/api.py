@@ -366,6 +366,54 @@ def resolve_output(path: str | os.PathLike, out: str | os.PathLike | None, tag: 
     return out
 
 
+def _requested_spec(name: str | ModelSpec | None, weights, variant: str | None, task: str,
+                    ensemble: bool | int) -> tuple[ModelSpec, str]:
+    """The model and variant asked for, every cheap check done before a device or weights are touched."""
+    from . import registry
+
+    if isinstance(name, ModelSpec):
+        spec = name
+    else:
+        try:
+            spec = get_spec(name or registry.default_model())
+        except UnknownModelError as exc:
+            raise DerainError(str(exc)) from None
+    flip_views(ensemble)  # a bad count fails before the weights are read
+    if weights is None and isinstance(name, str) and "." in name:
+        from .weights import entry
+
+        entry(name)  # an unknown tag fails before a device is chosen
+    variant = variant or spec.variants[0]
+    if variant not in spec.variants:
+        raise DerainError(f"model {spec.name!r} has no variant {variant!r}; choose one of {', '.join(spec.variants)}")
+    if task == "rainify" and spec.rainify_net is None:
+        raise DerainError(f"model {spec.name!r} cannot render rain; use a model with a rain generator (e.g. dcdgan)")
+    return spec, variant
+
+
+def _check_task(spec: ModelSpec, meta: dict[str, Any], task: str) -> None:
+    """Refuse weights whose metadata says they were not trained for ``task``."""
+    tasks = meta.get("tasks")
+    if isinstance(tasks, list) and task not in tasks:
+        where = meta.get("weights_path", "these weights")
+        raise DerainError(
+            f"{Path(where).name} ({spec.name}) was not trained to {task}, only to {', '.join(tasks)}"
+            + ("; train the rain generator first (jrgr: derain train --stage 2)" if task == "rainify" else "")
+        )
+
+
+def _ready(net: torch.nn.Module, dev: torch.device) -> tuple[torch.nn.Module, bool]:
+    """``net`` on ``dev`` for inference, and whether it runs channels_last."""
+    net = net.to(dev).eval()
+    # oneDNN's convolutions are faster channels_last on the CPU, most of all in bf16 (--half).
+    channels_last = dev.type == "cpu" and os.environ.get("DERAIN_CHANNELS_LAST", "1") != "0"
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, channels_last
+
+
 def load_model(
     name: str | ModelSpec | None = None,
     *,
@@ -387,8 +435,6 @@ def load_model(
     over the image and its left-right mirror (2x). A ``weights`` file ending in ``.onnx``
     (``derain export --onnx``) runs with onnxruntime instead (:mod:`derain_cli.onnx_export`).
     """
-    from . import registry
-
     if task not in TASKS:
         raise DerainError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
@@ -397,47 +443,17 @@ def load_model(
         flip_views(ensemble)
         return load_onnx(weights, name.name if isinstance(name, ModelSpec) else name, device=device, threads=threads,
                          half=half, task=task, notify=notify, ensemble=ensemble)
-    if isinstance(name, ModelSpec):
-        spec = name
-    else:
-        try:
-            spec = get_spec(name or registry.default_model())
-        except UnknownModelError as exc:
-            raise DerainError(str(exc)) from None
-    flip_views(ensemble)  # a bad count fails before the weights are read
-    if weights is None and isinstance(name, str) and "." in name:
-        from .weights import entry
-
-        entry(name)  # an unknown tag fails before a device is chosen
-    variant = variant or spec.variants[0]
-    if variant not in spec.variants:
-        raise DerainError(f"model {spec.name!r} has no variant {variant!r}; choose one of {', '.join(spec.variants)}")
-    if task == "rainify" and spec.rainify_net is None:
-        raise DerainError(f"model {spec.name!r} cannot render rain; use a model with a rain generator (e.g. dcdgan)")
-
+    spec, variant = _requested_spec(name, weights, variant, task, ensemble)
     devices.set_threads(threads)
     dev = device if isinstance(device, torch.device) else devices.resolve_device(str(device), notify=notify)
     dtype = devices.half_dtype(dev, half)
     state, meta = _open_weights(spec, weights, name if isinstance(name, str) else None)
-    tasks = meta.get("tasks")
-    if isinstance(tasks, list) and task not in tasks:
-        where = meta.get("weights_path", "these weights")
-        raise DerainError(
-            f"{Path(where).name} ({spec.name}) was not trained to {task}, only to {', '.join(tasks)}"
-            + ("; train the rain generator first (jrgr: derain train --stage 2)" if task == "rainify" else "")
-        )
+    _check_task(spec, meta, task)
     bundle, config = _build(spec, state, meta)
     del state
     if dtype is not None and not spec.traits(config).bf16:
         raise DerainError(f"{spec.name} gives unusable output in half precision; drop --half")
-    net = spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant)
-    net = net.to(dev).eval()
-    # oneDNN's convolutions are faster channels_last on the CPU, most of all in bf16 (--half).
-    channels_last = dev.type == "cpu" and os.environ.get("DERAIN_CHANNELS_LAST", "1") != "0"
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net, channels_last = _ready(spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant), dev)
     return Derainer(spec, config, net, dev, task=task, variant=variant, dtype=dtype, meta=meta, notify=notify,
                     ensemble=ensemble, channels_last=channels_last)
 
