@@ -11,7 +11,9 @@ The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--
 - ``jrgr/{train,val}`` = RainTrainL 001-195 / 196-200 (the jrgr.rain100l recipe);
 - ``dcdgan/clean`` = clean 001-100, ``dcdgan/rainy`` = rainy 101-190, ``dcdgan/val`` = pairs 191-200;
 - ``rainfog/clean`` = clean 001-100, ``rainfog/rainy`` = rainy 151-190, ``rainfog/val`` = pairs 191-200 and
-  ``rainfog/fog_source`` = rainy 101-150, to be fogged into ``rainfog/rainy`` (recipes/rainfog-rain100l.toml).
+  ``rainfog/fog_source`` = rainy 101-150, to be fogged into ``rainfog/rainy`` (recipes/rainfog-rain100l.toml);
+- ``rainfog_general/clean`` = clean 001-190 and the 73 clean photos, ``rainfog_general/rainy`` = rainy 101-190 and
+  ``real_rain/train``, ``rainfog_general/photos`` = the clean photos to render rain on (recipes/rainfog-general.toml).
 
 Usage: ``python benchmarks/make_splits.py [--data DIR] [--out runs/data]``.
 """
@@ -67,6 +69,15 @@ def main() -> None:
         link_pairs(rl, names[190:], args.out / arch / "val")
     for name in names[100:150]:
         link(rl / "rainy" / name, args.out / "rainfog" / "fog_source" / name)
+    photos = [f for sub in ("kodak", "wikimedia") for f in sorted((args.data / "clean_photos" / sub).iterdir(), key=numeric)
+              if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    for name in names[:190]:
+        link(rl / "clean" / name, args.out / "rainfog_general" / "clean" / name)
+    for name in names[100:190]:
+        link(rl / "rainy" / name, args.out / "rainfog_general" / "rainy" / name)
+    for f in photos:
+        link(f, args.out / "rainfog_general" / "clean" / f"{f.parent.name}_{f.name}")
+        link(f, args.out / "rainfog_general" / "photos" / f"{f.parent.name}_{f.name}")
     for dev in ("jorder_heavy", "sirr_val", "rain13k_sample"):
         root = args.data / "dev_foreign_rain" / dev
         files = sorted((root / "rainy").iterdir(), key=numeric)
@@ -77,6 +88,8 @@ def main() -> None:
     for f in real:
         part = "check" if numeric(f)[0] % 10 == 0 else "train"
         link(f, args.out / "real_rain" / part / f.name)
+        if part == "train":
+            link(f, args.out / "rainfog_general" / "rainy" / f"real_{f.name}")
     for sub in sorted(p for p in args.out.rglob("*") if p.is_dir() and not any(q.is_dir() for q in p.iterdir())):
         print(f"{sub}: {sum(1 for _ in sub.iterdir())} files")
 

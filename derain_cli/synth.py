@@ -127,19 +127,42 @@ def render_rain(h: int, w: int, rng: np.random.Generator, preset: str = "light")
     return rain, layers
 
 
-def rain_mix_layers(n: int, h: int, w: int, rng: np.random.Generator, mix: dict[str, float]) -> np.ndarray:
-    """``n`` rain layers ``(n, H, W)``, each from a preset drawn from ``mix`` (preset -> probability).
+def check_rain_mix(mix: dict[str, float]) -> None:
+    """Refuse a prior mix :func:`rain_mix_layers` cannot draw from, before training starts."""
+    from .rainrender import FAMILIES
 
-    ``"none"`` in the mix gives an empty layer, so a model trained on the result
-    also learns to leave rain-free images alone. The training priors of the
-    unpaired models use it.
+    rendered = [k for k in FAMILIES if k not in RAIN_PRESETS and k != "photoreal"]
+    unknown = set(mix) - set(RAIN_CHOICES) - set(rendered)
+    if unknown:
+        raise ValueError(f"unknown rain kind(s) {', '.join(sorted(unknown))} in prior_rain; choose from "
+                         f"{', '.join([*RAIN_CHOICES, *rendered])}")
+    if not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError("prior_rain needs at least one kind with a positive weight")
+
+
+def rain_mix_layers(n: int, h: int, w: int, rng: np.random.Generator, mix: dict[str, float]) -> np.ndarray:
+    """``n`` rain layers ``(n, H, W)``, each of a kind drawn from ``mix`` (kind -> probability).
+
+    A kind is a preset here, ``"none"`` (an empty layer, so a model trained on the
+    result also learns to leave rain-free images alone), or one of the rendered
+    families of :mod:`derain_cli.rainrender` that need no streak bank (``moderate``,
+    ``downpour``, ``dash``, ``sheet``): the training priors of the unpaired models
+    use it, and the families let them see heavy rain as well as Rain100L's.
     """
+    from .rainrender import rain_layer
+
+    check_rain_mix(mix)
     kinds, probs = zip(*mix.items())
     probs = np.asarray(probs, np.float64) / sum(probs)
     layers = []
     for _ in range(n):
         kind = kinds[int(rng.choice(len(kinds), p=probs))]
-        layers.append(np.zeros((h, w), np.float32) if kind == "none" else render_rain(h, w, rng, kind)[0])
+        if kind == "none":
+            layers.append(np.zeros((h, w), np.float32))
+        elif kind in RAIN_PRESETS:
+            layers.append(render_rain(h, w, rng, kind)[0])
+        else:
+            layers.append(rain_layer(kind, h, w, rng)[0].astype(np.float32))
     return np.stack(layers)
 
 

@@ -75,6 +75,22 @@ def test_procedural_degradation_is_seeded():
     assert not torch.equal(a[0], clean)
 
 
+def test_prior_draws_heavy_rendered_rain_and_refuses_unknown_kinds():
+    """The general weights' prior: rendered families (here a downpour) cover far more of a crop than
+    Rain100L-like fine streaks, reproducibly; a kind the prior cannot draw is refused at recipe time."""
+    clean = torch.full((4, 3, 64, 64), 0.3)
+    fine = procedural_degradation(clean, np.random.default_rng(2), {"fine": 1.0}, fog_free=1.0)
+    pour = procedural_degradation(clean, np.random.default_rng(2), {"downpour": 1.0}, fog_free=1.0)
+    again = procedural_degradation(clean, np.random.default_rng(2), {"downpour": 1.0}, fog_free=1.0)
+    assert all(torch.equal(x, y) for x, y in zip(pour, again))
+    covered = [float((r[:, 0] > 0.05).float().mean()) for r in (fine[3], pour[3])]
+    assert covered[1] > 3 * covered[0] and covered[1] > 0.3
+    assert torch.allclose(pour[0], (clean + pour[3]).clamp(0, 1))  # fog-free: rain alone, added
+    for bad in ({"photoreal": 1.0}, {"hail": 1.0}, {"fine": 0.0}):
+        with pytest.raises(ValueError, match="prior_rain"):
+            SPEC.recipe(SPEC, SPEC.config("cpu", **TINY, prior_rain=bad), "unpaired")
+
+
 def test_short_training_lowers_the_loss():
     torch.manual_seed(0)
     cfg = SPEC.config("cpu", **TINY)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ...models.dcdgan import (PRESETS, PatchDiscriminator, PatchSampleMLP, hinge_d_loss, hinge_g_loss, init_xavier,
                               jitter_brightness, patch_nce_loss)
-from ...synth import rain_mix_layers
+from ...synth import check_rain_mix, rain_mix_layers
 from ..recipe import Recipe
 
 
@@ -26,6 +26,7 @@ class DCDGANRecipe(Recipe):
     def __init__(self, spec, config, mode, lr=None, **options):
         if mode != "unpaired":
             raise ValueError(f"dcdgan trains on unpaired data only, not {mode!r}")
+        check_rain_mix(config.get("prior_rain", PRESETS["paper"]["prior_rain"]))
         super().__init__(spec, config, mode, lr=lr, **options)
         cfg = self.config
         self.nce_layers = list(cfg["nce_layers"])

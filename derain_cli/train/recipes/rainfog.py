@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ...models.common import charbonnier
 from ...models.rainfog import LEGACY_PRIOR_RAIN, PatchDiscriminator, procedural_degradation
+from ...synth import check_rain_mix
 from ..recipe import Recipe
 
 
@@ -21,6 +22,7 @@ class RainFogRecipe(Recipe):
     def __init__(self, spec, config, mode, lr=None, **options):
         if mode != "unpaired":
             raise ValueError(f"rainfog trains on unpaired data only, not {mode!r}")
+        check_rain_mix(config.get("prior_rain", LEGACY_PRIOR_RAIN))
         super().__init__(spec, config, mode, lr=lr, **options)
         self.nets["D_clean"] = PatchDiscriminator(config["disc_width"])
         self.nets["D_rain"] = PatchDiscriminator(config["disc_width"])
