@@ -86,9 +86,16 @@ def entry_text(name: str, fields: dict[str, Any], metrics: dict[str, dict[str, A
 
 def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: list[Path],
               parent: str | None = None, lineage: list[str] | None = None, summary: str | None = None,
-              preset: str | None = None, default: bool = False, toml: Path | None = None) -> str:
-    """Bundle ``file`` as ``MODEL.TAG`` and append its entry to weights.toml; returns the entry name."""
+              preset: str | None = None, default: bool = False, replace: bool = False,
+              toml: Path | None = None) -> str:
+    """Bundle ``file`` as ``MODEL.TAG`` and write its entry into weights.toml; returns the entry name.
+
+    ``steps`` and (unless given) ``parent`` come from the file's lineage record
+    (:mod:`derain_cli.lineage`). ``replace`` puts the entry where the old one of that name was
+    and removes the old bundled file when no other entry names it.
+    """
     from . import weights
+    from .lineage import total_steps
     from .registry import get_spec
     from .weightfile import read_metadata, sha256_file
 
@@ -99,25 +106,50 @@ def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: li
     if not _BARE.fullmatch(tag) or "." in tag:
         raise WeightsError(f"--tag {tag!r}: use letters, digits, '-' or '_'")
     name, toml = f"{model}.{tag}", toml or weights.toml_path()
-    if name in weights.load_registry(toml):
-        raise WeightsError(f"{toml} already has [{name}]; remove it first to replace it")
-    parent = _parent_sha(parent, weights.load_registry(toml))
+    entries = weights.load_registry(toml)
+    old = entries.get(name)
+    if old is not None and not replace:
+        raise WeightsError(f"{toml} already has [{name}]; give --replace to replace it")
+    parent = _parent_sha(parent if parent is not None else (meta.get("init") or {}).get("origin"), entries)
+    by_sha = {e.sha256: e for e in entries.values() if e is not old}
+    steps = total_steps(meta, by_sha[parent].steps if parent in by_sha else None)
     metrics = dict(metrics_from_report(p) for p in reports)
     target = weights.BUNDLED_DIR / f"{model}-{tag}.safetensors"
-    if target.exists() and sha256_file(target) != sha256_file(file):
+    digest = sha256_file(file)
+    if target.exists() and sha256_file(target) != digest and (old is None or old.file != target.name):
         raise WeightsError(f"{target} exists with other bytes; it belongs to another entry")
-    fields = {"file": target.name, "sha256": sha256_file(file), "size": file.stat().st_size,
+    fields = {"file": target.name, "sha256": digest, "size": file.stat().st_size,
               "preset": preset or get_spec(model).default_preset, "config": meta["config"],
-              "trained_on": trained_on, "steps": int(meta.get("steps", 0)), "recipe": recipe,
+              "trained_on": trained_on, "steps": steps, "recipe": recipe,
               "parent": parent, "lineage": lineage or None, "summary": summary, "tasks": meta.get("tasks"),
               "default": default or None}
     text = entry_text(name, fields, metrics)
-    weights.load_registry_text(toml.read_text(encoding="utf-8") + text, toml)  # refuse what loading would
-    if not target.exists():
-        shutil.copyfile(file, target)
-    with open(toml, "a", encoding="utf-8") as out:
-        out.write(text)
+    current = toml.read_text(encoding="utf-8")
+    before, after = _cut(current, name) if old is not None else (current, "")
+    updated = before + text + after
+    weights.load_registry_text(updated, toml)  # refuse what loading would
+    if old is not None and old.file != target.name and all(e.file != old.file for e in entries.values() if e is not old):
+        (weights.BUNDLED_DIR / old.file).unlink(missing_ok=True)
+    if not target.exists() or sha256_file(target) != digest:
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, target)
+    tmp = toml.with_name(toml.name + ".tmp")
+    tmp.write_text(updated, encoding="utf-8")
+    os.replace(tmp, toml)
     return name
+
+
+def _cut(text: str, name: str) -> tuple[str, str]:
+    """``text`` before and after entry ``name``'s tables (its own and its ``.metrics`` ones)."""
+    head = f'\n["{name}"]\n'
+    start = text.index(head)
+    end = start + len(head)
+    while (nxt := text.find('\n["', end)) != -1 and text.startswith(f'\n["{name}".', nxt):
+        end = nxt + 1
+    if nxt == -1:
+        return text[:start], ""
+    return text[:start], text[nxt:]
 
 
 def _parent_sha(parent: str | None, entries: dict[str, Any]) -> str | None:

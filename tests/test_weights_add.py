@@ -95,3 +95,44 @@ def test_weights_toml_and_recipes_hold_no_machine_paths_or_diary():
         assert not re.search(r"(^|[\s\"'=])/(work|home|Users|tmp|root|mnt)/", text, re.M), f
         assert not re.search(r"\bsession", text, re.I), f
         assert max(len(line) for line in text.splitlines()) < 1200, f
+
+
+def _tiny_run(root: Path, out: str, steps: int, init: Path | None = None) -> Path:
+    from derain_cli.train import engine
+    from derain_cli.train.options import TrainOptions
+    from tiny_configs import SEMIMSN_TINY
+
+    export = root / f"{out}.safetensors"
+    engine.train(TrainOptions(model="semimsn", mode="paired", folders=[str(root / "rainy"), str(root / "clean")],
+                              out=root / out, overrides={} if init else SEMIMSN_TINY, patch=32, batch=2,
+                              steps=steps, progress=False, export=export, init=init))
+    return export
+
+
+def test_steps_and_parent_follow_a_multi_stage_lineage_and_replace_keeps_the_place(env, monkeypatch, capsys):  # noqa: F811
+    """Stage files record what they started from, so an entry several runs from a released one gets
+    its total steps and parent without hand edits; --replace swaps an entry where it stands."""
+    from derain_cli.weightfile import read_metadata
+    from test_train_cli import _write_pairs
+
+    _write_pairs(env)
+    base = _tiny_run(env, "r0", 1)
+    args = ["--recipe", "recipes/semimsn-general.toml", "--trained-on", "t"]
+    assert derain(monkeypatch, capsys, "weights", "add", base, "--tag", "base", *args)[0] == 0
+    stage0 = _tiny_run(env, "r1", 2, init=base)
+    stage1 = _tiny_run(env, "r2", 3, init=stage0)
+    sha0 = hashlib.sha256(base.read_bytes()).hexdigest()
+    assert read_metadata(stage1)["init"] == {"sha256": hashlib.sha256(stage0.read_bytes()).hexdigest(),
+                                             "steps": 3, "origin": sha0}
+    assert derain(monkeypatch, capsys, "weights", "add", stage0, "--tag", "general", *args)[0] == 0
+    make_weights(env / "other.safetensors")  # an entry after it, which --replace must keep in place
+    assert derain(monkeypatch, capsys, "weights", "add", env / "other.safetensors", "--tag", "x", *args,
+                  "--parent", "semimsn.base")[0] == 0  # no record: taken to continue its parent directly
+    code, out, err = derain(monkeypatch, capsys, "weights", "add", stage1, "--tag", "general", *args, "--replace")
+    assert code == 0 and "replaced [semimsn.general]" in out, err
+    entries = weights.load_registry()
+    assert list(entries) == ["semimsn.base", "semimsn.general", "dualstage.x"]
+    assert (entries["semimsn.general"].steps, entries["semimsn.general"].parent) == (6, sha0)
+    assert (entries["dualstage.x"].steps, entries["dualstage.x"].parent) == (2, sha0)
+    assert (weights.BUNDLED_DIR / "semimsn-general.safetensors").read_bytes() == stage1.read_bytes()
+    assert weights.toml_path().read_text().count('["semimsn.general"]') == 1

@@ -230,6 +230,7 @@ def add_weights(
     lineage: Optional[List[str]] = typer.Option(None, "--lineage", help="One earlier step, oldest first (repeatable)."),
     summary: Optional[str] = typer.Option(None, "--summary", help="One line for `derain weights list`."),
     default: bool = typer.Option(False, "--default", help="Make it the model's default (edit the old one's flag)."),
+    replace: bool = typer.Option(False, "--replace", help="Replace the entry of this name (and its bundled file)."),
 ) -> None:
     """Bundle a weights file and write its weights.toml entry from its metadata and bench reports."""
     from ..weights_add import add_entry
@@ -237,8 +238,8 @@ def add_weights(
     if not file.is_file():
         raise WeightsError(f"{file}: no such file")
     name = add_entry(file, tag, recipe=recipe, trained_on=trained_on, reports=list(bench or []), parent=parent,
-                     lineage=list(lineage or []), summary=summary, default=default)
-    print(f"added [{name}] to weights.toml")
+                     lineage=list(lineage or []), summary=summary, default=default, replace=replace)
+    print(f"{'replaced' if replace else 'added'} [{name}] in weights.toml")
 
 
 def register(app: typer.Typer) -> None:

@@ -49,5 +49,6 @@ def export_checkpoint(run_dir: Path, out_file: Path, use_ema: bool = True) -> Pa
     save_weights(out_file, recipe.bundle.state_dict(), architecture=spec.name, config=extra["config"],
                  steps=extra["step"], data=extra.get("data"), date=_dt.date.today().isoformat(),
                  command=extra.get("command", ""), val_psnr=extra.get("best_psnr"),
-                 **({"tasks": extra["tasks"]} if extra.get("tasks") else {}))
+                 **({"tasks": extra["tasks"]} if extra.get("tasks") else {}),
+                 **({"init": extra["init_record"]} if extra.get("init_record") else {}))
     return Path(out_file)

@@ -98,6 +98,7 @@ class Trainer:
             opts.render = {**opts.render, "mix": self.data_info["rendered"]["mix"]}
         self.val_sets = load_val_sets(opts.val, opts.val_sets)
         self.config = self._config()
+        self.init_record = self._init_record()
         self.device = self._device()
         if opts.bf16 and (warning := bf16_warning(self.device)) is not None and self.is_main:
             say(warning)
@@ -135,6 +136,16 @@ class Trainer:
             return spec.config(opts.preset, **opts.overrides)
         except ValueError as exc:
             raise DerainError(str(exc)) from None
+
+    def _init_record(self) -> dict[str, Any] | None:
+        """What the ``--init`` file carries forward (:mod:`derain_cli.lineage`); a resume keeps its run's."""
+        if self.resume_dir is not None:
+            return self.saved.get("init_record")
+        if self.opts.init is None:
+            return None
+        from ..lineage import init_record
+
+        return init_record(self.opts.init)
 
     def _device(self) -> torch.device:
         """``--device`` resolved (``auto``: CUDA when it works); under torchrun, this rank's GPU."""
@@ -248,7 +259,7 @@ class Trainer:
             "mode": opts.mode, "sampler": self.sampler.state(), "numpy_rng": list(jsonable(np.random.get_state())),
             "python_rng": jsonable(random.getstate()), "total_steps": self.total, "data": self.data_info,
             "command": opts.command, "recipe_options": opts.recipe_options, "tasks": self.tasks_now(),
-            "render": opts.render, "options": saved_options(opts),
+            "render": opts.render, "options": saved_options(opts), "init_record": self.init_record,
         }
 
     def checkpoint(self, name: str = "last", collective: bool = True) -> None:
@@ -269,7 +280,8 @@ class Trainer:
         source = self.ema if self.ema is not None else self.recipe.bundle
         save_weights(path, source.state_dict(), architecture=self.spec.name, config=self.config,
                      steps=self.steps_done, data=self.data_info, date=_dt.date.today().isoformat(),
-                     command=self.opts.command, val_psnr=self.best, tasks=self.tasks_now())
+                     command=self.opts.command, val_psnr=self.best, tasks=self.tasks_now(),
+                     **({"init": self.init_record} if self.init_record else {}))
 
     def log(self, record: dict[str, Any]) -> None:
         if self.is_main:
