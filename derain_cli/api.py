@@ -292,6 +292,7 @@ class Derainer:
                 fn, view, tile=tile, overlap=overlap, multiple=self.traits.size_multiple, device=self.device,
                 notify=self.notify, origin=True, clip=self.ensemble == 1, progress=self.progress, fade=False,
                 dtype=rgb.dtype if self.ensemble == 1 else np.float32,  # views are averaged in float
+                workers=tiling.tile_workers(self.device),  # tiles share only the read-only context
             )
             del fn
             out = np.flip(out, axes) if axes else out

@@ -16,9 +16,13 @@ accumulated in one preallocated float32 array: memory is the image plus one tile
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -49,6 +53,11 @@ CPU_BUDGET = 2 << 30
 #: reused memory. dualstage.general on a 24 MP photo, 1 thread: 1024 -> 512 took the tiles from
 #: 87 s to 63 s (with the hard cuts; page faults 22 M -> 8 M).
 CPU_SHARED_TILE = 512
+#: Most tiles run at once on the CPU (``workers``), each on an equal share of the threads: small
+#: convolutions scale poorly inside one op, so at 2 threads two tiles on one thread each ran
+#: dualstage's shared-context tiles of a 6 MP photo 1.19-1.30x faster than one tile on two (its
+#: context's head tiles, with wider maps, ran slower so and stay serial). Each tile in flight holds its maps.
+MAX_TILE_WORKERS = 4
 
 
 def _round_up(x: int, m: int) -> int:
@@ -145,8 +154,12 @@ def run_tiles(
     progress: Progress | None = None,
     fade: bool = True,
     dtype: np.dtype = np.float32,
+    workers: int = 1,
 ) -> np.ndarray:
     """Apply ``fn`` tile by tile; returns ``H x W x 3`` ``dtype`` (float32 in [0, 1]; ``out`` reused if given).
+
+    ``workers > 1`` runs that many tiles at once after the first (which may compute a model's
+    context with all threads), splitting the threads among them; ``fn`` must then be thread-safe.
 
     ``clip=False`` leaves values outside [0, 1], for callers that average several results first.
     ``fade=False`` cuts between tiles instead of cross-fading (see :func:`plan_axis`): for models
@@ -159,7 +172,7 @@ def run_tiles(
         raise DerainError(f"expected an H x W x 3 image, got shape {tuple(image.shape)}")
     if not fade:
         return _run_cut_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, out=out, origin=origin,
-                              clip=clip, progress=progress, dtype=dtype)
+                              clip=clip, progress=progress, dtype=dtype, workers=workers)
     h, w = image.shape[:2]
     if out is None:
         out = np.zeros((h, w, 3), np.float32)
@@ -174,7 +187,7 @@ def run_tiles(
     for c in cols:
         col_sum[c.dst0 : c.dst1] += c.weights
 
-    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress):
+    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress, workers):
         y *= r.weights[:, None, None]
         y *= c.weights[None, :, None]
         out[r.dst0 : r.dst1, c.dst0 : c.dst1] += y
@@ -189,26 +202,90 @@ def run_tiles(
 
 
 def _tile_outputs(fn: TileFn, image: np.ndarray, rows: list[Span], cols: list[Span], multiple: int, origin: bool,
-                  progress: Progress | None):
-    """Yield ``(row span, column span, output)`` for every tile: the kept part, ``h x w x 3`` float32."""
+                  progress: Progress | None, workers: int = 1) -> Iterator[tuple[Span, Span, np.ndarray]]:
+    """Yield ``(row span, column span, output)`` for every tile in order: the kept part, ``h x w x 3`` float32."""
     scale = _scale_of(image.dtype)
-    if progress:
-        progress(0, len(rows) * len(cols))  # before the first tile, which may compute a model's context
-    for n, (r, c) in enumerate(((r, c) for r in rows for c in cols), 1):
+    spans = [(r, c) for r in rows for c in cols]
+
+    def run(r: Span, c: Span) -> np.ndarray:
         patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
         if scale != 1.0:
             patch *= np.float32(1.0 / scale)
         x = pad_to_multiple(torch.from_numpy(patch).permute(2, 0, 1)[None], multiple)
         keep = (r.dst0 - r.src0, r.dst1 - r.src0, c.dst0 - c.src0, c.dst1 - c.src0)
         y = fn(x, (r.src0, c.src0), keep) if origin else fn(x)
-        del x, patch
-        yield r, c, y[0, :, keep[0] : keep[1], keep[2] : keep[3]].float().cpu().numpy().transpose(1, 2, 0)
-        if progress:
-            progress(n, len(rows) * len(cols))
+        return y[0, :, keep[0] : keep[1], keep[2] : keep[3]].float().cpu().numpy().transpose(1, 2, 0)
+
+    if progress:
+        progress(0, len(spans))  # before the first tile, which may compute a model's context
+    first = (run(r, c) for r, c in spans[:1])  # alone: a model's context is computed with all threads
+    rest = parallel_map(run, spans[1:], workers)
+    try:
+        for n, y in enumerate(itertools.chain(first, rest), 1):
+            yield (*spans[n - 1], y)
+            del y
+            if progress:
+                progress(n, len(spans))
+    finally:
+        rest.close()  # a consumer that stops early still gets its threads back
+
+
+def parallel_map(run: Callable[..., Any], items: list[tuple], workers: int) -> Iterator[Any]:
+    """``run(*item)`` for each item, results in order; with ``workers > 1`` that many at once (at most
+    twice as many results waiting), each worker on ``threads // workers`` threads, restored afterwards.
+
+    For tiles that only read what they share: the caller's thread keeps every write and progress report.
+    """
+    if workers <= 1 or len(items) < 2:
+        yield from (run(*item) for item in items)
+        return
+    run = _in_callers_modes(run)
+    with _threads_per_worker(workers), ThreadPoolExecutor(workers, thread_name_prefix="derain-tile") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(run, *item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _in_callers_modes(run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` under the calling thread's grad, inference and autocast modes, which are per thread in torch."""
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    casts = [(d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+
+    def wrapped(*item):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), ExitStack() as stack:
+            for device, dtype in casts:
+                stack.enter_context(torch.autocast(device, dtype=dtype))
+            return run(*item)
+
+    return wrapped
+
+
+@contextmanager
+def _threads_per_worker(workers: int):
+    """torch's intra-op threads split among ``workers`` (threads created inside take the new count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def tile_workers(device: torch.device) -> int:
+    """How many tiles to run at once: on the CPU one per thread up to :data:`MAX_TILE_WORKERS`, elsewhere one."""
+    return min(torch.get_num_threads(), MAX_TILE_WORKERS) if device.type == "cpu" else 1
 
 
 def _run_cut_tiles(fn: TileFn, image: np.ndarray, *, tile: int, overlap: int, multiple: int, out: np.ndarray | None,
-                   origin: bool, clip: bool, progress: Progress | None, dtype: np.dtype) -> np.ndarray:
+                   origin: bool, clip: bool, progress: Progress | None, dtype: np.dtype, workers: int) -> np.ndarray:
     """:func:`run_tiles` with ``fade=False``: cores do not overlap, so each tile's output is final."""
     h, w = image.shape[:2]
     dtype = np.dtype(dtype)
@@ -216,7 +293,7 @@ def _run_cut_tiles(fn: TileFn, image: np.ndarray, *, tile: int, overlap: int, mu
         out = np.zeros((h, w, 3), dtype)  # zero pages until tiles fill it
     rows = plan_axis(h, tile, overlap, multiple, fade=False)
     cols = plan_axis(w, tile, overlap, multiple, fade=False)
-    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress):
+    for r, c, y in _tile_outputs(fn, image, rows, cols, multiple, origin, progress, workers):
         if clip:
             np.clip(y, 0.0, 1.0, out=y)
         out[r.dst0 : r.dst1, c.dst0 : c.dst1] = from_unit(y, dtype)
@@ -273,13 +350,14 @@ def run_with_retry(
     progress: Progress | None = None,
     fade: bool = True,
     dtype: np.dtype = np.float32,
+    workers: int = 1,
 ) -> tuple[np.ndarray, int]:
     """:func:`run_tiles`, halving the tile on out-of-memory; returns ``(result, tile used)``."""
     floor = max(MIN_TILE, min_tile, multiple)
     while True:
         try:
             return run_tiles(fn, image, tile=tile, overlap=overlap, multiple=multiple, origin=origin, clip=clip,
-                             progress=progress, fade=fade, dtype=dtype), tile
+                             progress=progress, fade=fade, dtype=dtype, workers=workers), tile
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

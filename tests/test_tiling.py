@@ -73,6 +73,41 @@ def test_hard_cuts_equal_untiled_for_a_margin_model(models):
     assert np.abs(seams - whole).max() > 1 / 255
 
 
+@pytest.mark.parametrize("fade", [True, False])
+def test_tiles_in_parallel_give_the_same_image_and_the_threads_back(models, fade):
+    """Tiles run on several workers (CPU) come out identical and in order; the first tile runs alone on
+    all threads (it may compute a model's context), the others on a share, in the caller's modes."""
+    model = models["unet"]
+    img = _image()
+    seen = []
+
+    def fn(x):
+        seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        return model.process_tensor(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        alone = tiling.run_tiles(fn, img, tile=32, overlap=16, fade=fade, workers=1)
+        seen.clear()
+        with torch.inference_mode():
+            shared = tiling.run_tiles(fn, img, tile=32, overlap=16, fade=fade, workers=2)
+        assert torch.get_num_threads() == 2
+        assert seen[0] == (2, True) and set(seen[1:]) == {(1, True)} and len(seen) > 4
+        np.testing.assert_array_equal(shared, alone)
+
+        def broken(x):
+            if x.shape[-1] < 48:  # a tile at the right border, after the first
+                raise ValueError("a bug in one tile")
+            return x
+
+        with pytest.raises(ValueError, match="a bug in one tile"):
+            tiling.run_tiles(broken, _image(64, 100), tile=32, overlap=8, fade=fade, workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("kind,margin", [("conv", 3), ("unet", 16)])
 def test_tiled_equals_untiled(models, kind, margin):
     model = models[kind]
