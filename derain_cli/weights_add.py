@@ -128,28 +128,27 @@ def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: li
     before, after = _cut(current, name) if old is not None else (current, "")
     updated = before + text + after
     weights.load_registry_text(updated, toml)  # refuse what loading would
-    if old is not None and old.file != target.name and all(e.file != old.file for e in entries.values() if e is not old):
-        (weights.BUNDLED_DIR / old.file).unlink(missing_ok=True)
     if not target.exists() or sha256_file(target) != digest:
         tmp = target.with_name(target.name + ".tmp")
         shutil.copyfile(file, tmp)
         os.replace(tmp, target)
-    tmp = toml.with_name(toml.name + ".tmp")
+    real = toml.resolve()  # the packaged weights.toml is a link to the repository's
+    tmp = real.with_name(real.name + ".tmp")
     tmp.write_text(updated, encoding="utf-8")
-    os.replace(tmp, toml)
+    os.replace(tmp, real)
+    if old is not None and old.file != target.name and all(e.file != old.file for e in entries.values() if e is not old):
+        (weights.BUNDLED_DIR / old.file).unlink(missing_ok=True)  # last: the registry never names a missing file
     return name
 
 
 def _cut(text: str, name: str) -> tuple[str, str]:
     """``text`` before and after entry ``name``'s tables (its own and its ``.metrics`` ones)."""
-    head = f'\n["{name}"]\n'
-    start = text.index(head)
-    end = start + len(head)
-    while (nxt := text.find('\n["', end)) != -1 and text.startswith(f'\n["{name}".', nxt):
+    padded = "\n" + text  # every table starts after a newline, the file's first too
+    start = padded.index(f'\n["{name}"]\n')
+    end = start + 1
+    while (nxt := padded.find('\n["', end)) != -1 and padded.startswith(f'\n["{name}".', nxt):
         end = nxt + 1
-    if nxt == -1:
-        return text[:start], ""
-    return text[:start], text[nxt:]
+    return padded[1:start], ("" if nxt == -1 else padded[nxt:])
 
 
 def _parent_sha(parent: str | None, entries: dict[str, Any]) -> str | None:

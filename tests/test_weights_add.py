@@ -116,6 +116,10 @@ def test_steps_and_parent_follow_a_multi_stage_lineage_and_replace_keeps_the_pla
     from test_train_cli import _write_pairs
 
     _write_pairs(env)
+    linked = weights.toml_path()  # as in the package: a link to the repository's weights.toml
+    (env / "repo.toml").write_text(linked.read_text())
+    linked.unlink()
+    linked.symlink_to(env / "repo.toml")
     base = _tiny_run(env, "r0", 1)
     args = ["--recipe", "recipes/semimsn-general.toml", "--trained-on", "t"]
     assert derain(monkeypatch, capsys, "weights", "add", base, "--tag", "base", *args)[0] == 0
@@ -136,3 +140,4 @@ def test_steps_and_parent_follow_a_multi_stage_lineage_and_replace_keeps_the_pla
     assert (entries["dualstage.x"].steps, entries["dualstage.x"].parent) == (2, sha0)
     assert (weights.BUNDLED_DIR / "semimsn-general.safetensors").read_bytes() == stage1.read_bytes()
     assert weights.toml_path().read_text().count('["semimsn.general"]') == 1
+    assert linked.is_symlink() and not list(env.glob("*.tmp"))
