@@ -125,7 +125,7 @@ def test_shipped_weights_raise_psnr_on_rainy_foggy_crops():
     from derain_cli.weightfile import load_weights
     from derain_cli.weights import entry
 
-    state, meta = load_weights(WEIGHTS, architecture="rainfog", sha256=entry("rainfog").sha256)
+    state, meta = load_weights(WEIGHTS, architecture="rainfog", sha256=entry("rainfog.rain100l").sha256)
     bundle = SPEC.build(meta["config"])
     bundle.load_state_dict({k: v.float() for k, v in state.items()})
     net = SPEC.derain_net(bundle.eval(), "default")

@@ -239,7 +239,7 @@ def add_weights(
         raise WeightsError(f"{file}: no such file")
     name = add_entry(file, tag, recipe=recipe, trained_on=trained_on, reports=list(bench or []), parent=parent,
                      lineage=list(lineage or []), summary=summary, default=default, replace=replace)
-    print(f"{'replaced' if replace else 'added'} [{name}] in weights.toml")
+    print(f"replaced [{name}] in weights.toml" if replace else f"added [{name}] to weights.toml")
 
 
 def register(app: typer.Typer) -> None:
