@@ -56,7 +56,7 @@ CPU_SHARED_TILE = 512
 #: Most tiles run at once on the CPU (``workers``), each on an equal share of the threads: small
 #: convolutions scale poorly inside one op, so at 2 threads two tiles on one thread each ran
 #: dualstage's shared-context tiles of a 6 MP photo 1.19-1.30x faster than one tile on two (its
-#: context's head tiles, with wider maps, ran slower so and stay serial). Each tile in flight holds its maps.
+#: context's head tiles, with wider maps, ran slower that way and stay serial). Each tile in flight holds its maps.
 MAX_TILE_WORKERS = 4
 
 
