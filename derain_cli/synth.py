@@ -147,11 +147,11 @@ def rain_mix_layers(n: int, h: int, w: int, rng: np.random.Generator, mix: dict[
     result also learns to leave rain-free images alone), or one of the rendered
     families of :mod:`derain_cli.rainrender` that need no streak bank (``moderate``,
     ``downpour``, ``dash``, ``sheet``): the training priors of the unpaired models
-    use it, and the families let them see heavy rain as well as Rain100L's.
+    use it, and the families let them see heavy rain as well as Rain100L's. Their recipes
+    check the mix once (:func:`check_rain_mix`), not at every step.
     """
     from .rainrender import rain_layer
 
-    check_rain_mix(mix)
     kinds, probs = zip(*mix.items())
     probs = np.asarray(probs, np.float64) / sum(probs)
     layers = []
