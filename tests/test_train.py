@@ -213,6 +213,35 @@ def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides
         assert torch.equal(grown(x), old(x))
 
 
+def test_attention_blocks_added_to_a_trained_stack_start_as_the_identity(tiny_pairs):
+    """Deepening dualstage's attention (--set depth=N with --init) first gives the old output: the new
+    blocks' residual branches start at zero, while a fresh model's blocks are random (they change it)."""
+    from derain_cli.models.common import start_grown_as_identity
+
+    spec = engine.get_spec("dualstage")
+    torch.manual_seed(0)
+    old = spec.build(spec.config(None, **DUALSTAGE_TINY)).eval()
+    deeper = {**DUALSTAGE_TINY, "depth": DUALSTAGE_TINY["depth"] + 2}
+    x = torch.rand(1, 3, 40, 48)
+    for hook in (False, True):
+        grown = spec.build(spec.config(None, **deeper)).eval()
+        missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("stage2.blocks.2.") or k.startswith("stage2.blocks.3.") for k in missing)
+        started = start_grown_as_identity(grown, missing) if hook else []
+        with torch.inference_mode():
+            assert torch.equal(grown(x), old(x)) == hook
+    assert started == ["stage2.blocks.2", "stage2.blocks.3"]
+    # through the trainer: the exported blocks are one small step away from zero, not random
+    small, deep = tiny_pairs / "ds_small.safetensors", tiny_pairs / "ds_deep.safetensors"
+    engine.train(_opts(tiny_pairs, model="dualstage", overrides=DUALSTAGE_TINY, steps=1, out=tiny_pairs / "d1",
+                       export=small))
+    engine.train(_opts(tiny_pairs, model="dualstage", overrides={"depth": 4}, steps=1, out=tiny_pairs / "d2",
+                       export=deep, init=small, lr=1e-4))
+    tensors = _weights(deep)
+    assert tensors["stage2.blocks.3.attn.proj.weight"].abs().max() < 1e-3
+    assert tensors["stage2.blocks.1.attn.proj.weight"].abs().max() > 1e-2
+
+
 def test_init_grows_a_model_and_refuses_a_file_that_does_not_fit(tiny_pairs):
     from derain_cli.errors import DerainError
     from derain_cli.weightfile import read_metadata

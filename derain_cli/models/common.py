@@ -146,6 +146,23 @@ class ReflectResBlock(nn.Module):
         return x + self.body(x)
 
 
+def start_grown_as_identity(net: nn.Module, missing: list[str]) -> list[str]:
+    """Let every module that ``missing`` (``load_state_dict``'s new tensors) covers entirely, and that
+    can, start as the identity (``start_as_identity()``), so a model grown onto trained weights
+    first gives their output. Returns those modules' names.
+
+    Modules that start as the identity anyway (a refiner, a veil head) need no hook; a residual
+    block that does not (an attention block, random so that fresh models and tests exercise it) has one.
+    """
+    new, started = set(missing), []
+    for name, module in net.named_modules():
+        names = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
+        if hasattr(module, "start_as_identity") and names and new.issuperset(names):
+            module.start_as_identity()
+            started.append(name)
+    return started
+
+
 class FullResRefiner(nn.Module):
     """Residual blocks at full image resolution that correct an output image.
 

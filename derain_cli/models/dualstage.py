@@ -226,6 +226,13 @@ class AttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
                                  nn.GELU(), nn.Conv2d(hidden, dim, 1))
 
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        """Zero both residual branches' last layers: a block added to a trained stack first changes nothing."""
+        for layer in (self.attn.proj, self.ffn[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+
     def forward(self, x):
         b, c, h, w = x.shape
         y = self.norm1(x)

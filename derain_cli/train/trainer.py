@@ -25,6 +25,7 @@ import torch
 
 from ..devices import bf16_warning, resolve_device, say
 from ..errors import DerainError
+from ..models.common import start_grown_as_identity
 from ..weightfile import load_weights, save_weights
 from .checkpoint import load_checkpoint, save_checkpoint
 from .control import fit_to_budget, make_progress, stop_on_signals
@@ -184,8 +185,10 @@ class Trainer:
         if unexpected:
             raise DerainError(f"{self.opts.init} does not fit this config: it has {len(unexpected)} tensors the "
                               f"model lacks (first: {unexpected[0]}); check the --set options")
+        started = start_grown_as_identity(recipe.bundle, missing)
         if missing and self.is_main:
-            say(f"{len(missing)} tensors not in {self.opts.init} start from their initialisation (grown model)")
+            say(f"{len(missing)} tensors not in {self.opts.init} start from their initialisation (grown model)"
+                + (f"; {len(started)} new blocks start as the identity" if started else ""))
 
     def _plan_steps(self) -> int:
         """``--steps``, else ``--epochs`` (default 100) over this rank's share; a resume keeps its plan.
