@@ -213,25 +213,30 @@ def test_a_grown_full_resolution_refiner_starts_as_the_identity(model, overrides
         assert torch.equal(grown(x), old(x))
 
 
-def test_attention_blocks_added_to_a_trained_stack_start_as_the_identity(tiny_pairs):
-    """Deepening dualstage's attention (--set depth=N with --init) first gives the old output: the new
-    blocks' residual branches start at zero, while a fresh model's blocks are random (they change it)."""
+@pytest.mark.parametrize("key,blocks", [("depth", ["stage2.blocks.2", "stage2.blocks.3"]),
+                                        ("stage1_blocks", ["stage1.blocks.1", "stage1.blocks.2"])])
+def test_blocks_added_to_a_trained_dualstage_start_as_the_identity(key, blocks):
+    """Deepening dualstage (--set depth=N or stage1_blocks=N with --init) first gives the old output: the
+    new blocks' residual branches start at zero, while a fresh model's blocks are random (they change it)."""
     from derain_cli.models.common import start_grown_as_identity
 
     spec = engine.get_spec("dualstage")
     torch.manual_seed(0)
     old = spec.build(spec.config(None, **DUALSTAGE_TINY)).eval()
-    deeper = {**DUALSTAGE_TINY, "depth": DUALSTAGE_TINY["depth"] + 2}
+    deeper = {**DUALSTAGE_TINY, key: DUALSTAGE_TINY[key] + 2}
     x = torch.rand(1, 3, 40, 48)
     for hook in (False, True):
         grown = spec.build(spec.config(None, **deeper)).eval()
         missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("stage2.blocks.2.") or k.startswith("stage2.blocks.3.") for k in missing)
+        assert not unexpected and missing and all(k.startswith(tuple(f"{b}." for b in blocks)) for k in missing)
         started = start_grown_as_identity(grown, missing) if hook else []
         with torch.inference_mode():
             assert torch.equal(grown(x), old(x)) == hook
-    assert started == ["stage2.blocks.2", "stage2.blocks.3"]
-    # through the trainer: the exported blocks are one small step away from zero, not random
+    assert started == blocks
+
+
+def test_init_starts_new_blocks_as_the_identity(tiny_pairs):
+    """Through the trainer: the exported new blocks are one small step away from zero, not random."""
     small, deep = tiny_pairs / "ds_small.safetensors", tiny_pairs / "ds_deep.safetensors"
     engine.train(_opts(tiny_pairs, model="dualstage", overrides=DUALSTAGE_TINY, steps=1, out=tiny_pairs / "d1",
                        export=small))

@@ -110,6 +110,12 @@ class MaskAttentionBlock(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1), nn.GELU(), nn.Conv2d(ch, ch, 3, padding=1))
         self.gate = nn.Conv2d(ch + 1, ch, 1)
 
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        """Zero the body's last conv: a block added to a trained stage first changes nothing."""
+        self.body[-1].weight.zero_()
+        self.body[-1].bias.zero_()
+
     def forward(self, x, mask):
         h = self.body(x)
         return x + h * torch.sigmoid(self.gate(cat_channels([h, mask])))
