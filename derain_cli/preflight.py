@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import DerainError, ImageError
 from .imageio import Header, not_regular, read_header, write_problem
@@ -25,17 +25,18 @@ PEAK_BYTES_PER_PIXEL = {8: 32, 16: 56}
 #: ``--compare`` writes a second, twice as wide image: measured 1.84x (8-bit) and 1.93x (16-bit).
 COMPARE_FACTOR = 2.0
 GIB = float(1 << 30)
+#: The model's own peak host bytes for an image of so many pixels (``Derainer.host_bytes``).
+ModelBytes = Callable[[int], int]
 
 
-def estimate_bytes(header: Header, *, compare: bool = False, model_bytes_per_pixel: float = 0.0,
-                   model_cap: int = 0) -> int:
+def estimate_bytes(header: Header, *, compare: bool = False, model_bytes: ModelBytes | None = None) -> int:
     """Peak host memory to derain an image of this header's size.
 
-    The model's own activations come on top: ``model_bytes_per_pixel`` of the image, at most
-    ``model_cap`` (automatic tiling keeps them under its budget; 0 where they live on a GPU).
+    The model's own memory comes on top: ``model_bytes(pixels)`` (``Derainer.host_bytes``: its
+    activations, which automatic tiling bounds, and a shared context, which it does not).
     """
     per_pixel = PEAK_BYTES_PER_PIXEL[16 if header.bits > 8 else 8] * (COMPARE_FACTOR if compare else 1.0)
-    return int(header.pixels * per_pixel) + int(min(header.pixels * model_bytes_per_pixel, model_cap))
+    return int(header.pixels * per_pixel) + (model_bytes(header.pixels) if model_bytes else 0)
 
 
 def _size_text(header: Header) -> str:
@@ -43,8 +44,7 @@ def _size_text(header: Header) -> str:
 
 
 def check_memory(path: str | os.PathLike, *, compare: bool = False, max_pixels: int | None = None,
-                 model_bytes_per_pixel: float = 0.0, model_cap: int = 0,
-                 available: int | None = None) -> Header | None:
+                 model_bytes: ModelBytes | None = None, available: int | None = None) -> Header | None:
     """Refuse, from its header alone, an image past the limit: ``max_pixels`` when given, else the available RAM.
 
     Returns the header (None when Pillow cannot parse it: the decoder will judge the file).
@@ -52,7 +52,7 @@ def check_memory(path: str | os.PathLike, *, compare: bool = False, max_pixels: 
     header = read_header(path)
     if header is None:
         return None
-    need = estimate_bytes(header, compare=compare, model_bytes_per_pixel=model_bytes_per_pixel, model_cap=model_cap)
+    need = estimate_bytes(header, compare=compare, model_bytes=model_bytes)
     if max_pixels is not None:
         if header.pixels > max_pixels:
             raise ImageError(f"{path}: {_size_text(header)} is over --max-pixels {max_pixels} (it would need about "

@@ -57,6 +57,9 @@ class Traits:
     min_tile: int = 0
     #: Rough peak bytes per input pixel at inference in float32 (for automatic tiling).
     bytes_per_pixel: float = 4096.0
+    #: Bytes per image pixel that a shared context (``Tiling.CONTEXT``) keeps for the whole photo
+    #: while its tiles run: tiling does not bound it (the memory check counts it).
+    context_bytes_per_pixel: float = 0.0
     #: Whether ``--half`` (bfloat16/float16 autocast) gives usable output.
     bf16: bool = True
     #: Value range of the network's input and output images.

@@ -118,15 +118,6 @@ def _tile_text(derainer) -> str:
     return f"tile {derainer.last_tile} (overlap {derainer.last_overlap})"
 
 
-def _model_memory(derainer) -> dict:
-    """What the model itself adds to an image's host memory: its activations, capped by the CPU tile budget."""
-    if derainer.device.type != "cpu":
-        return {}
-    from ..tiling import CPU_BUDGET
-
-    return {"model_bytes_per_pixel": derainer.traits.bytes_per_pixel, "model_cap": CPU_BUDGET}
-
-
 @contextmanager
 def _tile_bar(derainer):
     """Progress bars over the tiles of one big photo, and over a model's image-wide context, on stderr
@@ -168,7 +159,7 @@ def derain_one(derainer, src: Path, dst: Path, *, max_pixels: Optional[int], pro
     if is_video(src):
         derain_video(derainer, src, dst, progress=progress, **kw)
         return
-    check_memory(src, compare=kw.get("compare", False), max_pixels=max_pixels, **_model_memory(derainer))
+    check_memory(src, compare=kw.get("compare", False), max_pixels=max_pixels, model_bytes=derainer.host_bytes)
     derainer.derain_file(src, dst, **kw)
 
 

@@ -397,6 +397,13 @@ def local_margins(cfg: dict) -> tuple[int, int]:
     return 3, 2 + 2 * cfg.get("fullres_blocks", 0) if cfg.get("fullres_blocks", 0) else 0
 
 
+def context_bytes_per_pixel(cfg: dict) -> float:
+    """What :meth:`DualStageNet.tile_context` keeps per image pixel on a big photo: stage 2's features and
+    the coarse image in float16, the attention's quarter-resolution map in float32 (54 for the shipped
+    weights; below ``KEEP_FP32_BYTES`` the float32 maps take at most 256 MiB more)."""
+    return 2 * (cfg["channels"] + 3) + 4 * cfg["dim"] / 16
+
+
 def tile_margin(cfg: dict) -> int:
     """Context a tile needs on each side: :func:`local_margins` and up to 3 pixels given up to meet the
     quarter-resolution grid, rounded up to a multiple of 4."""
@@ -652,7 +659,8 @@ def traits(config: dict) -> Traits:
     :meth:`DualStageNet.tile_context`."""
     # The attention blocks (k-means, GroupNorm: image-wide) and everything before them run once on
     # the whole image (DualStageNet.tile_context); tiles run the local layers after them.
-    return Traits(tiling=Tiling.CONTEXT, tile_margin=tile_margin(config), bytes_per_pixel=3000.0)
+    return Traits(tiling=Tiling.CONTEXT, tile_margin=tile_margin(config), bytes_per_pixel=3000.0,
+                  context_bytes_per_pixel=context_bytes_per_pixel(config))
 
 
 SPEC = register_model(ModelSpec(
