@@ -187,10 +187,8 @@ class Derainer:
     def host_bytes(self, pixels: int) -> int:
         """The model's own peak host memory for a photo of ``pixels`` on the CPU (0 on a GPU): the whole
         image's activations up to the CPU tile budget; beyond, a shared context keeps its maps for the
-        whole photo while one tile's activations come and go.
-
-        Measured with the shipped dualstage (2 threads, `derain run` peak RSS): 24 MP 2.64-2.82 GB,
-        50 MP 5.01 GB, where this plus the image's own arrays gives 2.85 and 5.09 GB.
+        whole photo while one tile's activations come and go (checked against `derain run`'s peak
+        memory at 24 and 50 MP: docs/inference.md).
         """
         if self.device.type != "cpu":
             return 0
