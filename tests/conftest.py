@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests that need ../shared/data skip when it is absent."""
+"""Shared fixtures. Tests that need the research datasets ($DERAIN_DATA or ../shared/data) skip when they are absent."""
 from __future__ import annotations
 
 import os
@@ -10,10 +10,11 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DERAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The research datasets, one folder each: $DERAIN_DATA as the product reads it, else ../shared/data.
+SHARED_DATA = Path(os.environ.get("DERAIN_DATA") or REPO.parent / "shared" / "data")
 
 needs_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "rain100l").is_dir(), reason="../shared/data/rain100l not present"
+    not (SHARED_DATA / "rain100l").is_dir(), reason="no rain100l in $DERAIN_DATA or ../shared/data"
 )
 
 
