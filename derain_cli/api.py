@@ -72,6 +72,10 @@ def flip_views(ensemble: bool | int) -> int:
     return int(ensemble)
 
 
+#: Host bytes per pixel that averaging flip views adds (float32 sum and view): a 12 MP JPEG with
+#: dualstage and --flips 2 peaked 0.38 GB above the same run without.
+FLIP_VIEW_BYTES = 32
+
 class Derainer:
     """A loaded model on a device, ready to derain (or rainify) images of any size.
 
@@ -188,15 +192,16 @@ class Derainer:
         """The model's own peak host memory for a photo of ``pixels`` on the CPU (0 on a GPU): the whole
         image's activations up to the CPU tile budget; beyond, a shared context keeps its maps for the
         whole photo while one tile's activations come and go (checked against `derain run`'s peak
-        memory at 24 and 50 MP: docs/inference.md).
+        memory at 12, 24 and 50 MP: docs/inference.md). Flip views are averaged in float arrays.
         """
         if self.device.type != "cpu":
             return 0
         traits = self.traits
+        views = pixels * FLIP_VIEW_BYTES if self.ensemble > 1 else 0
         whole = pixels * traits.bytes_per_pixel
         if whole <= tiling.CPU_BUDGET or not self.shares_context:
-            return int(min(whole, tiling.CPU_BUDGET))
-        return int(pixels * traits.context_bytes_per_pixel + tiling.CPU_SHARED_TILE ** 2 * traits.bytes_per_pixel)
+            return int(min(whole, tiling.CPU_BUDGET)) + views
+        return int(pixels * traits.context_bytes_per_pixel + tiling.CPU_SHARED_TILE ** 2 * traits.bytes_per_pixel) + views
 
     @property
     def shares_context(self) -> bool:
