@@ -197,11 +197,13 @@ class Derainer:
         if self.device.type != "cpu":
             return 0
         traits = self.traits
-        views = pixels * FLIP_VIEW_BYTES if self.ensemble > 1 else 0
         whole = pixels * traits.bytes_per_pixel
         if whole <= tiling.CPU_BUDGET or not self.shares_context:
-            return int(min(whole, tiling.CPU_BUDGET)) + views
-        return int(pixels * traits.context_bytes_per_pixel + tiling.CPU_SHARED_TILE ** 2 * traits.bytes_per_pixel) + views
+            model = min(whole, tiling.CPU_BUDGET)
+        else:
+            model = pixels * traits.context_bytes_per_pixel + tiling.CPU_SHARED_TILE ** 2 * traits.bytes_per_pixel
+        views = pixels * FLIP_VIEW_BYTES if self.ensemble > 1 else 0
+        return int(model + views)
 
     @property
     def shares_context(self) -> bool:
