@@ -400,8 +400,9 @@ def local_margins(cfg: dict) -> tuple[int, int]:
 def context_bytes_per_pixel(cfg: dict) -> float:
     """What :meth:`DualStageNet.tile_context` keeps per image pixel on a big photo: stage 2's features and
     the coarse image in float16, the attention's quarter-resolution map in float32 (54 for the shipped
-    weights; below ``KEEP_FP32_BYTES`` the float32 maps take at most 256 MiB more). Keys a config
-    lacks take the default preset's values."""
+    weights; below ``KEEP_FP32_BYTES`` the float32 maps take at most 256 MiB more). Widths a config
+    lacks take the default preset's values: here, not for every key in ``ModelSpec.traits``, since an
+    older file's missing ``fullres_blocks`` means no refiner, not the preset's."""
     cfg = {**PRESETS["cpu"], **cfg}
     return 2 * (cfg["channels"] + 3) + 4 * cfg["dim"] / 16
 
