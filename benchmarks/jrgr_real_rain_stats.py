@@ -1,7 +1,7 @@
 """Crude proxies for how much real rain a jrgr remover takes out, on real photos without ground truth.
 
 Per ``VARIANT@WEIGHTS`` (no file = the shipped weights), over the first N photos of
-``real_rain/train`` (long side fitted to 1024 px, as in ``real_rain_sheet.py``):
+``--data`` (default ``real_rain/train``; long side fitted to 1024 px, as in ``real_rain_sheet.py``):
 
 * light removed: mean of relu(O - B) in 8-bit units (rain adds light, so a remover that
   takes out more streaks removes more light);
@@ -11,10 +11,12 @@ Per ``VARIANT@WEIGHTS`` (no file = the shipped weights), over the first N photos
 Usage (from the repo root):
 
     python benchmarks/jrgr_real_rain_stats.py 30 synthetic@ real@
+    python benchmarks/jrgr_real_rain_stats.py 10 --data runs/data/real_rain/check synthetic@ real@  # held back
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("count", type=int, help="how many real photos (sorted by name)")
     parser.add_argument("nets", nargs="+", help="VARIANT@WEIGHTS, e.g. real@ or synthetic@runs/x.safetensors")
+    parser.add_argument("--data", type=Path, default=REAL, help="folder of real rainy photos")
     args = parser.parse_args()
 
     import torch
@@ -42,9 +45,9 @@ def main() -> None:
     from derain_cli.imageio import read_rgb8
 
     torch.set_num_threads(1)
-    files = sorted(REAL.glob("*.jpg"))[:args.count]
+    files = sorted(args.data.glob("*.jpg"))[:args.count]
     if not files:
-        raise SystemExit(f"no real photos in {REAL}")
+        raise SystemExit(f"no real photos in {args.data}")
     photos = [fit_long_side(read_rgb8(f), 1024) for f in files]
     for spec in args.nets:
         variant, _, weights = spec.partition("@")
