@@ -240,6 +240,41 @@ def test_log_loss_is_the_mean_of_each_images_log_loss():
         spec.recipe(spec, spec.config(**tiny), "paired", loss="l2").train_step({"rainy": rainy, "clean": clean}, 0)
 
 
+def test_block_mean_error_sees_a_veil_and_not_streaks():
+    """The ``lowfreq`` term scores a uniform veil and lets zero-mean detail (streaks, texture) pass."""
+    from derain_cli.models.common import block_mean_error
+
+    clean = torch.rand(1, 3, 32, 32)
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None]) % 2 * 0.4 - 0.2  # zero mean in every 8x8 block
+    assert block_mean_error(clean + checker, clean).item() < 1e-10
+    assert abs(block_mean_error(clean + 0.2, clean).item() - 0.04) < 1e-6
+
+
+def test_lowfreq_adds_a_squared_block_error_outside_the_log():
+    """``--set lowfreq=W``: the loss is the log loss plus ``W`` times the block-mean error, not its log."""
+    from derain_cli.errors import DerainError
+    from derain_cli.models.common import block_mean_error
+
+    spec = get_spec("dualstage")
+    tiny = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
+                kmeans_iters=2, fullres_blocks=1, fullres_width=4)
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 32, 32) * 0.6
+    batch = {"rainy": clean + 0.3, "clean": clean}  # a veil
+    losses = {}
+    for w in (0.0, 50.0):
+        torch.manual_seed(1)
+        recipe = spec.recipe(spec, spec.config(**tiny), "paired", loss="log", lowfreq=w)
+        recipe.setup(10)
+        with torch.no_grad():
+            veil = block_mean_error(recipe.nets["bundle"](batch["rainy"]).float(), clean).mean()
+        losses[w] = recipe.train_step(batch, 0)["loss"]
+    assert veil > 0.01  # an untrained net leaves the veil: the term is not small beside the log loss
+    assert torch.allclose(losses[50.0] - losses[0.0], 50 * veil, rtol=1e-4)
+    with pytest.raises(DerainError, match="lowfreq"):
+        spec.recipe(spec, spec.config(**tiny), "paired", lowfreq=-1.0)
+
+
 def test_an_8_bit_photo_gives_the_same_context_as_its_float_copy():
     """Derainer hands an 8-bit photo to ``tile_context`` as it is (no 4-bytes-a-value copy of a big photo)."""
     from derain_cli import tiling

@@ -23,6 +23,11 @@ def edge_loss(x: torch.Tensor, y: torch.Tensor, per_image: bool = False) -> torc
     return charbonnier(lap(x), lap(y), per_image=per_image)
 
 
+def block_mean_error(x: torch.Tensor, y: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """Per-image mean squared error between ``block`` x ``block`` means: the low frequencies (a veil, a tint)."""
+    return (F.avg_pool2d(x - y, block, ceil_mode=True) ** 2).flatten(1).mean(1)
+
+
 def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(tensors, 1)`` in the first tensor's memory format.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import DerainError
-from ...models.common import charbonnier, edge_loss
+from ...models.common import block_mean_error, charbonnier, edge_loss
 from ..recipe import Recipe
 
 
@@ -16,7 +16,11 @@ class DualStageRecipe(Recipe):
                                                "with --init); the rest stays frozen. Default: everything"),
                       "loss": (str, "charbonnier", "charbonnier (pixels weigh the same) or log (the mean over "
                                                    "images of each image's log loss: a drizzle crop weighs as "
-                                                   "much as a downpour's, as in a mean PSNR)")}
+                                                   "much as a downpour's, as in a mean PSNR)"),
+                      "lowfreq": (float, 0.0, "weight of a squared error on 8x8 block means, added outside the log (0 = "
+                                              "off): L1-like losses learn the median, which for a veil that only some "
+                                              "similar crops carry is no correction; squared error learns its mean, "
+                                              "as PSNR scores it")}
 
     def __init__(self, *args, **options):
         super().__init__(*args, **options)
@@ -24,6 +28,9 @@ class DualStageRecipe(Recipe):
         if kind not in ("charbonnier", "log"):
             raise DerainError(f"--set loss={kind}: choose charbonnier or log")
         self.log_loss = kind == "log"  # checked once here, not at every step
+        self.lowfreq = float(self.options.get("lowfreq") or 0.0)
+        if self.lowfreq < 0:
+            raise DerainError(f"--set lowfreq={self.lowfreq:g}: a weight of 0 or more")
 
     def param_groups(self):
         """Everything, or only the modules ``train_only`` names (the others stop needing gradients)."""
@@ -49,5 +56,7 @@ class DualStageRecipe(Recipe):
         le = edge_loss(final.float(), clean, per_image=True)
         per_image = 0.5 * l1 + l2 + 0.05 * le
         loss = torch.log(per_image).mean() if self.log_loss else per_image.mean()
+        if self.lowfreq:  # outside the log, which would weigh a veiled crop's error down
+            loss = loss + self.lowfreq * block_mean_error(final.float(), clean).mean()
         self.optimize(loss)
         return {"loss": loss.detach(), "coarse": l1.mean().detach(), "final": l2.mean().detach()}
