@@ -6,6 +6,8 @@ The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--
 - ``val/rl_heldout`` = the same 191-200;
 - ``val/{jorder_heavy,sirr_val,rain13k_sample}`` = every 2nd pair of dev_foreign_rain in numeric order
   (rain13k_sample: of the pairs up to 1024 px on the long side), for choosing checkpoints only;
+- ``val/rain_free`` = the clean images of those four, as input and target: what a model does to a
+  photo without rain (it should leave it alone);
 - ``real_rain/train`` = 90 of the 100 real rainy photos, ``real_rain/check`` = 10.jpg, 20.jpg ... 100.jpg
   (never trained on: a visual check set);
 - ``jrgr/{train,val}`` = RainTrainL 001-195 / 196-200 (the jrgr.rain100l recipe);
@@ -83,6 +85,10 @@ def main() -> None:
         files = sorted((root / "rainy").iterdir(), key=numeric)
         files = [f for f in files if max(Image.open(f).size) <= 1024]
         link_pairs(root, [f.name for f in files[::2]], args.out / "val" / dev)
+    for dev in ("jorder_heavy", "sirr_val", "rain13k_sample", "rl_heldout"):
+        for f in sorted((args.out / "val" / dev / "clean").iterdir()):
+            for side in ("rainy", "clean"):
+                link(f, args.out / "val" / "rain_free" / side / f"{dev}_{f.name}")
     real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)
     real = [f for f in real if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
     for f in real:

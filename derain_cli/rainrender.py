@@ -37,7 +37,7 @@ import numpy as np
 
 from .synth import render_rain
 
-FAMILIES = ("fine", "light", "moderate", "downpour", "dash", "sheet", "photoreal")
+FAMILIES = ("fine", "light", "moderate", "downpour", "dash", "sheet", "photoreal", "none")
 
 #: The family mix of the ``general`` weights: rain rates from drizzle to downpour without a gap
 #: (real rain is a continuum), photoreal streaks, and Rain100L-like fine streaks so the
@@ -259,6 +259,8 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
                bank: list[StreakTexture] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The ``H x W`` streak layer of one family in [0, 1], and its parameters."""
     angle = float(np.clip(rng.normal(0, 12), -30, 30))  # one main direction per image
+    if family == "none":  # a photo without rain: the model must learn to leave it (and its veil-like haze) alone
+        return np.zeros((h, w), np.float32), {"family": family}
     if family in ("fine", "light"):
         layer, layers = render_rain(h, w, rng, family)
         return layer, {"family": family, "layers": layers}

@@ -157,6 +157,18 @@ def test_jpeg_and_noise_touch_only_the_input():
     assert 40 <= p["jpeg"]["quality"] <= 95 and p["noise"]["read"] > 0
 
 
+def test_a_rain_free_pair_is_the_photo_twice_with_the_scenes_haze_and_exposure():
+    """``none``: input and target are the same photo (exposure and a hazy day's haze included), so a
+    model learns to leave a photo without rain alone instead of darkening every bright, hazy one."""
+    clean = np.random.default_rng(0).uniform(0.5, 0.95, (64, 64, 3)).astype(np.float32)
+    no_rain = {**NO_EXTRAS, "exposure": 1.0, "haze": 1.0}
+    rainy, target, p = render_pair(clean, np.random.default_rng(2), RenderConfig(mix={"none": 1.0}, extras=no_rain))
+    assert p["rain"] == {"family": "none"} and {"exposure", "haze"} <= set(p)
+    assert np.array_equal(rainy, target) and not np.allclose(target, clean, atol=0.02)
+    rainy, target, _ = render_pair(clean, np.random.default_rng(2), RenderConfig(mix={"light": 1.0}, extras=no_rain))
+    assert not np.array_equal(rainy, target)  # the same draw with rain: the comparison can tell
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_same_seed_gives_the_same_pair(family):
     clean = np.random.default_rng(0).random((80, 72, 3)).astype(np.float32)
