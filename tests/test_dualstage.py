@@ -220,14 +220,12 @@ def test_log_loss_is_the_mean_of_each_images_log_loss():
     from derain_cli.models.common import charbonnier, edge_loss
 
     spec = get_spec("dualstage")
-    tiny = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
-                kmeans_iters=2, fullres_blocks=1, fullres_width=4)
     torch.manual_seed(0)
     clean = torch.rand(2, 3, 32, 32)
     rainy = clean.clone()
     rainy[0] += 0.5 * torch.rand(3, 32, 32)  # a downpour beside a drizzle
     rainy[1] += 0.02 * torch.rand(3, 32, 32)
-    recipe = spec.recipe(spec, spec.config(**tiny), "paired", loss="log")
+    recipe = spec.recipe(spec, spec.config(**TINY), "paired", loss="log")
     recipe.setup(10)
     with torch.no_grad():
         coarse, final = recipe.nets["bundle"](rainy, stages=True)
@@ -237,7 +235,7 @@ def test_log_loss_is_the_mean_of_each_images_log_loss():
     got = recipe.train_step({"rainy": rainy, "clean": clean}, 0)["loss"]
     assert torch.allclose(got, torch.log(per).mean(), atol=1e-5)
     with pytest.raises(DerainError, match="choose charbonnier or log"):
-        spec.recipe(spec, spec.config(**tiny), "paired", loss="l2").train_step({"rainy": rainy, "clean": clean}, 0)
+        spec.recipe(spec, spec.config(**TINY), "paired", loss="l2").train_step({"rainy": rainy, "clean": clean}, 0)
 
 
 def test_block_mean_error_sees_a_veil_and_not_streaks():
@@ -256,15 +254,13 @@ def test_lowfreq_adds_a_squared_block_error_outside_the_log():
     from derain_cli.models.common import block_mean_error
 
     spec = get_spec("dualstage")
-    tiny = dict(channels=4, stage1_width=8, stage1_blocks=1, dim=16, depth=2, heads=1, window=4, clusters=2,
-                kmeans_iters=2, fullres_blocks=1, fullres_width=4)
     torch.manual_seed(0)
     clean = torch.rand(2, 3, 32, 32) * 0.6
     batch = {"rainy": clean + 0.3, "clean": clean}  # a veil
     losses = {}
     for w in (0.0, 50.0):
         torch.manual_seed(1)
-        recipe = spec.recipe(spec, spec.config(**tiny), "paired", loss="log", lowfreq=w)
+        recipe = spec.recipe(spec, spec.config(**TINY), "paired", loss="log", lowfreq=w)
         recipe.setup(10)
         with torch.no_grad():
             veil = block_mean_error(recipe.nets["bundle"](batch["rainy"]).float(), clean).mean()
@@ -272,7 +268,7 @@ def test_lowfreq_adds_a_squared_block_error_outside_the_log():
     assert veil > 0.01  # an untrained net leaves the veil: the term is not small beside the log loss
     assert torch.allclose(losses[50.0] - losses[0.0], 50 * veil, rtol=1e-4)
     with pytest.raises(DerainError, match="lowfreq"):
-        spec.recipe(spec, spec.config(**tiny), "paired", lowfreq=-1.0)
+        spec.recipe(spec, spec.config(**TINY), "paired", lowfreq=-1.0)
 
 
 def test_an_8_bit_photo_gives_the_same_context_as_its_float_copy():

@@ -69,8 +69,9 @@ def training_render(rain: str, streaks: Optional[Path], fog: str):
     from ..synth import RAIN_CHOICES
 
     if rain != "general" and rain not in FAMILIES and "=" not in rain and "," not in rain:
-        raise DerainError(f"--rain must be one of {', '.join(RAIN_CHOICES)}, {', '.join(k for k in FAMILIES if k not in RAIN_CHOICES)}, general "
-                          f"or a mix like downpour=0.5,fine=0.5; not {rain!r}")
+        kinds = [*RAIN_CHOICES, *(k for k in FAMILIES if k not in RAIN_CHOICES)]
+        raise DerainError(f"--rain must be one of {', '.join(kinds)}, general or a mix like downpour=0.5,fine=0.5; "
+                          f"not {rain!r}")
     if fog.strip() not in ("0", "0.0"):
         raise DerainError("--fog goes with the physical presets; the training families draw their own haze")
     try:
