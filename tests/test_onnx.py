@@ -25,10 +25,11 @@ except ImportError:
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="onnx/onnxruntime not installed (pip install 'derain-cli[onnx]')")
 
 
-def _tiny_weights(name, path):
-    """A tiny config of ``name`` with redrawn weights, saved like a shipped file; ``(spec, derain net)``."""
+def _tiny_weights(name, path, **overrides):
+    """A tiny config of ``name`` (plus ``overrides``) with redrawn weights, saved like a shipped file;
+    ``(spec, derain net)``."""
     spec = get_spec(name)
-    config = spec.config(**TINY_CONFIGS[name])
+    config = spec.config(**{**TINY_CONFIGS[name], **overrides})
     torch.manual_seed(0)
     bundle = randomize(spec.build(config), gain=0.8)
     save_weights(path, bundle.state_dict(), architecture=name, config=config)
@@ -54,17 +55,34 @@ def test_every_architecture_exports_and_matches_or_says_why(name, tmp_path):
     assert meta["architecture"] == name and int(meta["size_multiple"]) == traits.size_multiple
     assert int(meta["min_size"]) == traits.min_size
     assert meta["dynamic_axes"] == "batch, height, width"
-    # Another size and a batch of two, against the torch net loaded from the same (fp16) file.
+    _assert_file_matches_torch(name, tmp_path / "w.safetensors", out, traits)
+
+
+def _assert_file_matches_torch(name, weights, onnx_file, traits):
+    """Another size and a batch of two, against the torch net loaded from the same (fp16) file."""
     from derain_cli.api import load_model
     from derain_cli.onnx_export import _graph_module, _session
 
-    net = load_model(name, weights=tmp_path / "w.safetensors", device="cpu").net
+    net = load_model(name, weights=weights, device="cpu").net
     m = traits.size_multiple
     x = torch.rand(2, 3, m * -(-45 // m), m * -(-70 // m))
     with torch.inference_mode():
         reference = _graph_module(net.to(memory_format=torch.contiguous_format), traits.input_range)(x).numpy()
-    got = _session(str(out), threads=1).run(None, {"image": x.numpy()})[0]
+    got = _session(str(onnx_file), threads=1).run(None, {"image": x.numpy()})[0]
     assert got.shape == reference.shape and np.abs(got - reference).max() <= 1e-4
+
+
+@needs_onnx
+def test_a_veil_headed_dualstage_exports_and_matches(tmp_path):
+    """The veil head (pooling to a coarse grid, then an upsampled correction) is a graph path of its own."""
+    from derain_cli.onnx_export import export_onnx
+
+    spec, net = _tiny_weights("dualstage", tmp_path / "w.safetensors", veil_width=4, veil_scale=4)
+    assert any(k.startswith("veil.") for k in net.state_dict())
+    done = export_onnx("dualstage", tmp_path / "v.onnx", weights=tmp_path / "w.safetensors")
+    assert done["max_diff"] <= 1e-4
+    traits = spec.traits(spec.config(**{**TINY_CONFIGS["dualstage"], "veil_width": 4, "veil_scale": 4}))
+    _assert_file_matches_torch("dualstage", tmp_path / "w.safetensors", tmp_path / "v.onnx", traits)
 
 
 @needs_onnx
