@@ -24,3 +24,15 @@ def psnr_gain_on_crops(model: str, variant: str | None = None) -> tuple[float, f
         after.append(psnr_y(d.process(rainy), clean))
     assert before, "no bundled crops"
     return float(np.mean(before)), float(np.mean(after))
+
+
+def psnr_on_clean_crops(model: str) -> float:
+    """Mean PSNR-Y of the model's output on the bundled *clean* crops against themselves (no rain in, none to remove)."""
+    from derain_cli.api import load_model
+    from derain_cli.imageio import read_rgb8
+    from derain_cli.metrics import psnr_y
+
+    d = load_model(model, device="cpu", threads=1)
+    clean = [read_rgb8(p) for p in sorted((CROPS / "clean").glob("*.png"))]
+    assert clean, "no bundled crops"
+    return float(np.mean([psnr_y(d.process(image), image) for image in clean]))
