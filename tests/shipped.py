@@ -27,7 +27,8 @@ def psnr_gain_on_crops(model: str, variant: str | None = None) -> tuple[float, f
 
 
 def psnr_on_clean_crops(model: str) -> float:
-    """Mean PSNR-Y of the model's output on the bundled *clean* crops against themselves (no rain in, none to remove)."""
+    """Mean PSNR-Y of the model's output on the bundled *clean* crops against themselves: what it does
+    to a photo without rain."""
     from derain_cli.api import load_model
     from derain_cli.imageio import read_rgb8
     from derain_cli.metrics import psnr_y

@@ -77,11 +77,12 @@ def test_a_veil_headed_dualstage_exports_and_matches(tmp_path):
     """The veil head (pooling to a coarse grid, then an upsampled correction) is a graph path of its own."""
     from derain_cli.onnx_export import export_onnx
 
-    spec, net = _tiny_weights("dualstage", tmp_path / "w.safetensors", veil_width=4, veil_scale=4)
+    veil = {"veil_width": 4, "veil_scale": 4}
+    spec, net = _tiny_weights("dualstage", tmp_path / "w.safetensors", **veil)
     assert any(k.startswith("veil.") for k in net.state_dict())
     done = export_onnx("dualstage", tmp_path / "v.onnx", weights=tmp_path / "w.safetensors")
     assert done["max_diff"] <= 1e-4
-    traits = spec.traits(spec.config(**{**TINY_CONFIGS["dualstage"], "veil_width": 4, "veil_scale": 4}))
+    traits = spec.traits(spec.config(**{**TINY_CONFIGS["dualstage"], **veil}))
     _assert_file_matches_torch("dualstage", tmp_path / "w.safetensors", tmp_path / "v.onnx", traits)
 
 
