@@ -72,6 +72,10 @@ def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
     table = {f"{prefix}psnr": round(float(r["psnr_y"]), 2), f"{prefix}ssim": round(float(r["ssim_y"]), 4),
              f"{prefix}seconds_per_image": round(float(r["seconds_per_image"]), 4),
              f"{prefix}command": portable(command)}
+    machine = re.search(r"(?:^|\s)(/\S+|[A-Za-z]:\\\S+)", table[f"{prefix}command"])
+    if machine:
+        raise WeightsError(f"--bench {path}: its command names a machine path ({machine.group(1)}); "
+                           "set DERAIN_DATA to the data folder it read and add again")
     return dataset, table
 
 

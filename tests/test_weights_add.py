@@ -59,10 +59,13 @@ def test_a_long_lineage_is_written_one_step_a_line():
     ("two models", "holds 2 models"),
     ("not a report", "not a derain bench --json report"),
     ("bad parent", "--parent 'nosuch'"),
+    ("machine path", "names a machine path (/data/rain/jorder_heavy)"),
 ])
 def test_add_refuses_in_one_line(env, monkeypatch, capsys, case, message):  # noqa: F811
     make_weights(env / "run.safetensors")
-    report = _report(env / "r.json", "derain bench x", results=2 if case == "two models" else 1)
+    command = "derain bench /data/rain/jorder_heavy --model x" if case == "machine path" else "derain bench x"
+    monkeypatch.delenv("DERAIN_DATA", raising=False)
+    report = _report(env / "r.json", command, results=2 if case == "two models" else 1)
     if case == "not a report":
         report.write_text("{}")
     args = ["weights", "add", env / "run.safetensors", "--tag", "mine", "--recipe", "recipes/x.toml",
