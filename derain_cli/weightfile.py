@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def portable(text: str) -> str:
+    """``text`` with ``$DERAIN_DATA`` and the working folder in place of machine paths: a run records its
+    data folders as given (expanded), and a shipped file or entry must not name the machine."""
+    data = os.environ.get("DERAIN_DATA")
+    if data:
+        text = text.replace(str(Path(data).resolve()), "$DERAIN_DATA").replace(data.rstrip("/"), "$DERAIN_DATA")
+    return text.replace(str(Path.cwd()) + os.sep, "")
+
+
+_MACHINE_PATH = re.compile(r"""(?:^|[\s"'=\[(,])(/[^\s"',\])]+|[A-Za-z]:\\[^\s"',\])]+)""")
+
+
+def machine_path(text: str) -> str | None:
+    """The first absolute path in ``text``: what no file or entry of the project may hold."""
+    found = _MACHINE_PATH.search(text)
+    return found.group(1) if found else None
+
+
 def save_weights(
     path: str | os.PathLike,
     state_dict: dict[str, Any],
@@ -70,7 +89,7 @@ def save_weights(
             v = v.to(torch.float16)
         tensors[k] = v
     meta = {"format": FORMAT, "architecture": architecture, "config": json.dumps(config, sort_keys=True)}
-    meta.update({k: json.dumps(v) for k, v in info.items()})
+    meta.update({k: portable(json.dumps(v)) for k, v in info.items()})
     atomic_write_bytes(path, save(tensors, metadata=meta))
     return sha256_file(path)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WeightsError
+from .weightfile import machine_path, portable
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -50,14 +51,6 @@ def _key(key: str) -> str:
     return key if _BARE.fullmatch(key) else json.dumps(key)
 
 
-def portable(text: str) -> str:
-    """A recorded command with ``$DERAIN_DATA`` and the working folder in place of machine paths."""
-    data = os.environ.get("DERAIN_DATA")
-    if data:
-        text = text.replace(str(Path(data).resolve()), "$DERAIN_DATA").replace(data.rstrip("/"), "$DERAIN_DATA")
-    return text.replace(str(Path.cwd()) + os.sep, "")
-
-
 def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
     """(dataset name, metrics table) from one ``derain bench --json`` report of a single model."""
     try:
@@ -72,11 +65,22 @@ def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
     table = {f"{prefix}psnr": round(float(r["psnr_y"]), 2), f"{prefix}ssim": round(float(r["ssim_y"]), 4),
              f"{prefix}seconds_per_image": round(float(r["seconds_per_image"]), 4),
              f"{prefix}command": portable(command)}
-    machine = re.search(r"(?:^|\s)(/\S+|[A-Za-z]:\\\S+)", table[f"{prefix}command"])
-    if machine:
-        raise WeightsError(f"--bench {path}: its command names a machine path ({machine.group(1)}); "
+    if found := machine_path(table[f"{prefix}command"]):
+        raise WeightsError(f"--bench {path}: its command names a machine path ({found}); "
                            "set DERAIN_DATA to the data folder it read and add again")
     return dataset, table
+
+
+def refuse_machine_paths(file: Path) -> None:
+    """A bundled file must not name the machine that trained it (files saved by this version write
+    ``$DERAIN_DATA/...``; older ones: ``benchmarks/scrub_paths.py``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        for key, value in (f.metadata() or {}).items():
+            if found := machine_path(value):
+                raise WeightsError(f"{file}: its metadata ({key}) names a machine path ({found}); "
+                                   "rewrite it with benchmarks/scrub_paths.py")
 
 
 def entry_text(name: str, fields: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> str:
@@ -104,6 +108,7 @@ def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: li
     from .weightfile import read_metadata, sha256_file
 
     meta = read_metadata(file)
+    refuse_machine_paths(file)
     model = meta.get("architecture")
     if not model or "config" not in meta:
         raise WeightsError(f"{file}: no architecture/config in its metadata; write it with `derain export`")

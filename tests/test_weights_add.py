@@ -119,6 +119,7 @@ def test_steps_and_parent_follow_a_multi_stage_lineage_and_replace_keeps_the_pla
     from test_train_cli import _write_pairs
 
     _write_pairs(env)
+    monkeypatch.setenv("DERAIN_DATA", str(env))  # the runs record their folders as $DERAIN_DATA/...
     linked = weights.toml_path()  # as in the package: a link to the repository's weights.toml
     (env / "repo.toml").write_text(linked.read_text())
     linked.unlink()
@@ -144,3 +145,34 @@ def test_steps_and_parent_follow_a_multi_stage_lineage_and_replace_keeps_the_pla
     assert (weights.BUNDLED_DIR / "semimsn-general.safetensors").read_bytes() == stage1.read_bytes()
     assert weights.toml_path().read_text().count('["semimsn.general"]') == 1
     assert linked.is_symlink() and not list(env.glob("*.tmp"))
+
+
+def test_saved_weights_name_data_folders_as_derain_data_and_add_refuses_machine_paths(env, monkeypatch, capsys):  # noqa: F811
+    import torch
+
+    from derain_cli.weightfile import read_metadata, save_weights
+
+    def save(name):
+        save_weights(env / name, {"conv.weight": torch.zeros(4, 3, 3, 3)}, architecture="dualstage",
+                     config={"c": 4}, steps=1, data={"folders": [f"{env}/research/photos", "runs/data/clean"]})
+
+    monkeypatch.setenv("DERAIN_DATA", str(env / "research"))
+    save("portable.safetensors")
+    assert read_metadata(env / "portable.safetensors")["data"]["folders"] == ["$DERAIN_DATA/photos", "runs/data/clean"]
+    monkeypatch.delenv("DERAIN_DATA")
+    save("machine.safetensors")
+    code, _, err = derain(monkeypatch, capsys, "weights", "add", env / "machine.safetensors", "--tag", "mine",
+                          "--recipe", "recipes/x.toml", "--trained-on", "t")
+    assert code != 0 and f"names a machine path ({env}/research/photos)" in err and len(err.strip().splitlines()) == 1
+    assert not (weights.BUNDLED_DIR / "dualstage-mine.safetensors").exists()
+
+
+def test_bundled_weights_name_no_machine_path():
+    from safetensors import safe_open
+
+    from derain_cli.weightfile import machine_path
+
+    for path in sorted(weights.BUNDLED_DIR.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: machine_path(v) for k, v in (f.metadata() or {}).items() if machine_path(v)}
+        assert not found, (path.name, found)
