@@ -13,16 +13,6 @@ import os
 from pathlib import Path
 
 
-def scrub(metadata: dict[str, str], roots: dict[str, str]) -> dict[str, str]:
-    """Every ``root`` prefix in every metadata value replaced by its label."""
-    out = {}
-    for key, value in metadata.items():
-        for root, label in roots.items():
-            value = value.replace(root.rstrip("/") + "/", label + "/")
-        out[key] = value
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path)
@@ -33,17 +23,16 @@ def main() -> None:
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from derain_cli.weightfile import atomic_write_bytes
+    from derain_cli.weightfile import atomic_write_bytes, machine_path, portable
 
     with safe_open(str(args.src), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = f.metadata() or {}
-    roots = {os.path.realpath(args.root): "$DERAIN_DATA", os.path.abspath(args.root): "$DERAIN_DATA"}
-    clean = scrub(metadata, roots)
+    os.environ["DERAIN_DATA"] = args.root  # what portable() writes as $DERAIN_DATA
+    clean = {k: portable(v) for k, v in metadata.items()}
     atomic_write_bytes(args.dst, save(tensors, metadata=clean))
-    left = [k for k, v in clean.items() if any(root in v for root in roots)]
-    print(f"wrote {args.dst}; metadata keys still naming the data folder: {left or 'none'}")
-
+    left = [k for k, v in clean.items() if machine_path(v)]
+    print(f"wrote {args.dst}; metadata keys still naming a machine path: {left or 'none'}")
 
 if __name__ == "__main__":
     main()

@@ -71,18 +71,6 @@ def metrics_from_report(path: Path) -> tuple[str, dict[str, Any]]:
     return dataset, table
 
 
-def refuse_machine_paths(file: Path) -> None:
-    """A bundled file must not name the machine that trained it (files saved by this version write
-    ``$DERAIN_DATA/...``; older ones: ``benchmarks/scrub_paths.py``)."""
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as f:
-        for key, value in (f.metadata() or {}).items():
-            if found := machine_path(value):
-                raise WeightsError(f"{file}: its metadata ({key}) names a machine path ({found}); "
-                                   "rewrite it with benchmarks/scrub_paths.py")
-
-
 def entry_text(name: str, fields: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> str:
     """The TOML of one entry and its metrics sub-tables, in weights.toml's layout."""
     lines = [f'\n["{name}"]'] + [_field(k, v) for k, v in fields.items() if v is not None]
@@ -108,7 +96,9 @@ def add_entry(file: Path, tag: str, *, recipe: str, trained_on: str, reports: li
     from .weightfile import read_metadata, sha256_file
 
     meta = read_metadata(file)
-    refuse_machine_paths(file)
+    if found := machine_path(json.dumps(meta)):  # save_weights writes portable paths; older files may not
+        raise WeightsError(f"{file}: its metadata names a machine path ({found}); "
+                           "rewrite it with benchmarks/scrub_paths.py")
     model = meta.get("architecture")
     if not model or "config" not in meta:
         raise WeightsError(f"{file}: no architecture/config in its metadata; write it with `derain export`")
