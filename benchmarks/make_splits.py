@@ -8,6 +8,9 @@ The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--
   (rain13k_sample: of the pairs up to 1024 px on the long side), for choosing checkpoints only;
 - ``val/rain_free`` = the clean images of those four, as input and target: what a model does to a
   photo without rain (it should leave it alone);
+- ``val/night_rl`` = rain rendered at night on the clean images of ``val/rl_heldout`` (the only folder
+  written, not linked: ``derain synth ... --rain general --night --seed 7`` with the streak bank), to see
+  whether a model removes lamp-lit rain from dark scenes;
 - ``real_rain/train`` = 90 of the 100 real rainy photos, ``real_rain/check`` = 10.jpg, 20.jpg ... 100.jpg
   (never trained on: a visual check set);
 - ``jrgr/{train,val}`` = RainTrainL 001-195 / 196-200 (the jrgr.rain100l recipe);
@@ -89,6 +92,13 @@ def main() -> None:
         for f in sorted((args.out / "val" / dev / "clean").iterdir()):
             for side in ("rainy", "clean"):
                 link(f, args.out / "val" / "rain_free" / side / f"{dev}_{f.name}")
+    if not (args.out / "val" / "night_rl" / "rainy").is_dir():
+        from derain_cli.rainrender import GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank
+        from derain_cli.synth_sets import synthesize_folder
+
+        night = RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0},
+                             bank=load_streak_bank(args.data / "rain_streaks_garg06"))
+        synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "night_rl", seed=7, render=night)
     real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)
     real = [f for f in real if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
     for f in real:

@@ -1,8 +1,8 @@
 """Contact sheet of what `derain train --render` shows a model: one row per rain family.
 
 Each row renders the training pipeline's own draws (random crop at a random scale, mirror,
-rain family, extras) on clean photos; the last row is the general weights' mix with every
-extra at its training probability, beside the clean targets of the same draws. Usage, the
+rain family, extras) on clean photos; then the general weights' mix with every extra at its
+training probability, the clean targets of the same draws, and the same mix always at night. Usage, the
 figure in docs/training.md (Kodak photos need no attribution):
 
     python benchmarks/render_sheet.py --clean "$DERAIN_DATA/clean_photos/kodak" \\
@@ -51,6 +51,9 @@ def main() -> None:
     mixed = draws(src, np.random.default_rng(args.seed + 1), args.cols, args.patch)
     rows.append(("general mix + extras", [to_u8(r) for r, _ in mixed]))
     rows.append(("its targets", [to_u8(c) for _, c in mixed]))
+    src = RenderSource(photos, RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0}, bank=bank),
+                       ratio=1.0)
+    rows.append(("at night", [to_u8(r) for r, _ in draws(src, np.random.default_rng(args.seed + 2), args.cols, args.patch)]))
 
     c = args.patch
     canvas = np.full((len(rows) * (c + GAP) - GAP, LABEL_W + args.cols * (c + GAP), 3), 255, np.uint8)

@@ -20,7 +20,7 @@ carry, and returns the rainy input and the clean target:
   dim, near ones large, bright and soft.
 
 Extras, each drawn per pair: exposure, white balance and depth haze (the scene's, applied
-to the target too), uneven lighting of the rain, out-of-focus near drops, sensor noise and
+to the target too), night (a dark scene under lamps, rain lit bright against it), uneven lighting of the rain, out-of-focus near drops, sensor noise and
 JPEG compression of the rainy input. The target never gets rain, drops, noise or JPEG.
 
 Everything random comes from one ``numpy.random.Generator``, so a seed (or a
@@ -46,8 +46,8 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "
                                  "sheet": 0.15, "photoreal": 0.1}
 
 #: Probability of each extra per pair.
-GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "lighting": 0.5, "haze": 0.3, "drops": 0.15, "noise": 0.4,
-                                    "jpeg": 0.4}
+GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "lighting": 0.5, "haze": 0.3, "drops": 0.15,
+                                    "noise": 0.4, "jpeg": 0.4}
 
 
 @dataclass
@@ -294,18 +294,39 @@ def expose(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]
     return out, {"gain": gain, "gamma": gamma, "white_balance": [float(v) for v in wb]}
 
 
+def night(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A scene at night or in a dark downpour, shared by input and target: 6-35% of the light, deeper
+    shadows (gamma 1.2-2.2) and a lamp's colour, from sodium orange to cool white LED.
+
+    Dashcams, CCTV and photographers meet rain most visibly at night: streaks lit by lamps or
+    headlights, bright against a dark scene. Daylight backgrounds never show that contrast.
+    The lamp colour lights the rain too, and the ``ambient`` light (a fraction of the lamp's)
+    is what a night's haze or rain veil scatters: a grey daylight veil would wash the night out.
+    """
+    gain = float(np.exp(rng.uniform(np.log(0.06), np.log(0.35))))
+    gamma = float(rng.uniform(1.2, 2.2))
+    warm = float(rng.uniform(-0.3, 1.0))  # > 0: tungsten to sodium; < 0: cool LED
+    lamp = np.array([1 + 0.5 * min(warm, 0), 1 - 0.3 * max(warm, 0), 1 - 0.6 * max(warm, 0)], np.float32)
+    lamp = np.clip(lamp + rng.uniform(-0.04, 0.04, size=3), 0, None).astype(np.float32)
+    lamp /= lamp.max()
+    ambient = float(rng.uniform(0.15, 0.5))
+    out = (np.power(np.clip(img, 0, 1), gamma) * gain * lamp).astype(np.float32)
+    return out, {"gain": gain, "gamma": gamma, "lamp": [float(v) for v in lamp], "ambient": ambient}
+
+
 def _atmosphere(rng: np.random.Generator) -> np.ndarray:
     gray = float(rng.uniform(0.7, 1.0))
     return np.clip(gray + rng.uniform(-0.03, 0.03, size=3), 0, 1).astype(np.float32)
 
 
-def accumulate(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def accumulate(img: np.ndarray, rng: np.random.Generator, light: np.ndarray | float = 1.0) -> tuple[np.ndarray, dict]:
     """JORDER's rain accumulation: ``alpha * O + (1 - alpha) * A``, a veil of scattered light.
 
     Down to ``alpha = 0.45``: in a real downpour the veil can hide more than half the scene.
+    ``light`` scales the atmospheric light (a night's lamps, not a grey sky).
     """
     alpha = float(rng.uniform(0.45, 0.95))
-    atmos = _atmosphere(rng)
+    atmos = (_atmosphere(rng) * light).astype(np.float32)
     return alpha * img + (1 - alpha) * atmos, {"alpha": alpha, "atmospheric_light": [float(v) for v in atmos]}
 
 
@@ -342,10 +363,11 @@ def rain_lighting(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return light.astype(np.float32), {"direction": theta, "low": low}
 
 
-def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Depth haze ``T * B + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2)."""
+def haze(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
+         light: np.ndarray | float = 1.0) -> tuple[np.ndarray, dict]:
+    """Depth haze ``T * B + (1 - T) * A`` with ``T = exp(-beta * d)`` (mild: beta <= 1.2); ``light`` scales ``A``."""
     beta = float(rng.uniform(0.15, 1.2))
-    atmos = _atmosphere(rng)
+    atmos = (_atmosphere(rng) * light).astype(np.float32)
     t = np.exp(-beta * depth)[..., None].astype(np.float32)
     return t * img + (1 - t) * atmos, {"beta": beta, "atmospheric_light": [float(v) for v in atmos]}
 
@@ -404,9 +426,14 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     ex = cfg.extras
     if rng.random() < ex.get("exposure", 0):
         x, params["exposure"] = expose(x, rng)
+    lamp, ambient = np.ones(3, np.float32), np.ones(3, np.float32)
+    if rng.random() < ex.get("night", 0):
+        x, params["night"] = night(x, rng)
+        lamp = np.asarray(params["night"]["lamp"], np.float32)
+        ambient = lamp * params["night"]["ambient"]
     depth = scene_depth(h, w, rng)
     if rng.random() < ex.get("haze", 0):  # a hazy day's haze is the scene's: the target keeps it
-        x, params["haze"] = haze(x, depth, rng)
+        x, params["haze"] = haze(x, depth, rng, ambient)
     target = x
     kinds, probs = zip(*cfg.mix.items())
     p = np.asarray(probs, np.float64) / sum(probs)
@@ -414,16 +441,16 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
     # rain is light: it adds to the scene, dimmer where the scene is far
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
-    if rng.random() < ex.get("lighting", 0):
+    if "night" in params or rng.random() < ex.get("lighting", 0):  # at night only lamps light the rain
         light, params["lighting"] = rain_lighting(h, w, rng)
         fade = fade * light
-    tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32)
+    tint = rng.uniform(0.93, 1.0, size=3).astype(np.float32) * lamp
     if family == "sheet":  # screen blend, as the pipeline it follows: the veil never clips highlights
         rainy = 1 - (1 - x) * (1 - (layer * fade)[..., None] * tint)
     else:
         rainy = x + (layer * fade)[..., None] * tint
     if family == "downpour":
-        rainy, params["accumulation"] = accumulate(rainy, rng)
+        rainy, params["accumulation"] = accumulate(rainy, rng, ambient)
     if rng.random() < ex.get("drops", 0):
         rainy, params["drops"] = near_drops(np.clip(rainy, 0, 1), rng)
     if rng.random() < ex.get("noise", 0):

@@ -16,7 +16,7 @@ from derain_cli.rainrender import (rain_lighting,
 )
 from derain_cli.train.data import PatchSampler, RenderSource
 
-NO_EXTRAS = {k: 0.0 for k in ("exposure", "lighting", "haze", "drops", "noise", "jpeg")}
+NO_EXTRAS = {k: 0.0 for k in ("exposure", "night", "lighting", "haze", "drops", "noise", "jpeg")}
 
 
 def tilted_texture(angle: float, h: int = 160, w: int = 260, seed: int = 0) -> StreakTexture:
@@ -141,8 +141,9 @@ def test_the_target_gets_the_exposure_and_the_scene_haze_and_nothing_else():
     clean = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
     cfg = RenderConfig(mix={"fine": 1.0}, extras={k: 1.0 for k in NO_EXTRAS})
     rainy, target, p = render_pair(clean, np.random.default_rng(3), cfg)
-    e, hz = p["exposure"], p["haze"]
+    e, hz, n = p["exposure"], p["haze"], p["night"]
     exposed = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
+    exposed = exposed ** n["gamma"] * n["gain"] * np.array(n["lamp"], np.float32)
     t = (target - np.array(hz["atmospheric_light"], np.float32)) / (exposed - np.array(hz["atmospheric_light"]))
     assert np.allclose(t, t[..., :1], atol=1e-3) and 0 < t.min() and t.max() <= 1 + 1e-4  # one transmission a pixel
     assert set(p) >= {*NO_EXTRAS, "rain"}
@@ -242,6 +243,32 @@ def test_haze_does_not_gather_around_bright_objects():
         beside.append(lift[72:120, 124:140].mean())
         away.append(lift[72:120, 0:16].mean())
     assert np.mean(beside) / np.mean(away) < 1.1
+
+
+def test_night_darkens_the_scene_in_both_and_the_rain_stays_bright_in_the_lamps_colour():
+    """``night``: the target is the same dark scene (6-35% of the light), the rain is lit by lamps
+    (the lighting map always applies) and stands out against the dark as it does in a dashcam's night."""
+    clean = np.random.default_rng(0).uniform(0.3, 0.9, (128, 128, 3)).astype(np.float32)
+    cfg = RenderConfig(mix={"dash": 1.0}, extras={**NO_EXTRAS, "night": 1.0})
+    for seed in range(6):
+        rainy, target, p = render_pair(clean, np.random.default_rng(seed), cfg)
+        n = p["night"]
+        assert 0.06 <= n["gain"] <= 0.35 and 1.2 <= n["gamma"] <= 2.2 and max(n["lamp"]) == 1.0
+        assert target.mean() < 0.3 * clean.mean()
+        assert np.allclose(target, clean ** n["gamma"] * n["gain"] * np.array(n["lamp"], np.float32), atol=1e-5)
+        assert "lighting" in p
+        lift = rainy - target
+        assert np.percentile(lift.max(2), 99) > 0.25  # streaks far brighter than the scene behind them
+        lamp, per_channel = np.array(n["lamp"]), lift.reshape(-1, 3).sum(0)
+        hue = per_channel / per_channel.max()  # the rain takes the lamp's colour (up to its 7% tint)
+        assert np.allclose(hue, lamp / lamp[per_channel.argmax()], atol=0.08), (hue, lamp)
+    downpour = RenderConfig(mix={"downpour": 1.0}, extras={**NO_EXTRAS, "night": 1.0, "haze": 1.0})
+    for seed in range(4):  # a night's veils scatter lamp light: at most half of a day's grey sky
+        p = render_pair(clean, np.random.default_rng(seed), downpour)[2]
+        assert max(p["accumulation"]["atmospheric_light"]) <= 0.5 and max(p["haze"]["atmospheric_light"]) <= 0.5
+    day = RenderConfig(mix={"dash": 1.0}, extras=NO_EXTRAS)
+    _, target, p = render_pair(clean, np.random.default_rng(0), day)
+    assert "night" not in p and np.array_equal(target, clean)
 
 
 def test_unevenly_lit_rain_is_bright_on_the_lit_side_only():

@@ -188,10 +188,19 @@ def test_synth_renders_what_training_sees_reproducibly(tiny_pairs: Path, tmp_pat
 
 
 def test_synth_cli_training_families_and_their_errors(tiny_pairs: Path, tmp_path: Path):
+    from derain_cli.imageio import read_rgb8
+
     ok = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "g"), "--rain", "general")
     assert ok.returncode == 0, ok.stderr
     assert len(list((tmp_path / "g" / "rainy").glob("*.png"))) == 6
+    ok = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "n"), "--rain", "general", "--night")
+    assert ok.returncode == 0, ok.stderr
+    for name in ("000", "004"):  # every image at night: the target darker than the photo it came from
+        assert "night" in json.loads((tmp_path / "n" / "params" / f"{name}.json").read_text())
+        night_clean = read_rgb8(tmp_path / "n" / "clean" / f"{name}.png").mean()
+        assert night_clean < 0.5 * read_rgb8(tiny_pairs / "clean" / f"{name}.png").mean()
     for args, needle in (
+        (("--rain", "heavy", "--night"), "--night goes with the training families"),
         (("--rain", "photoreal"), "streak bank"),
         (("--rain", "downpour", "--fog", "0.3"), "draw their own haze"),
         (("--rain", "downpour=x"), "must be a number"),

@@ -25,6 +25,8 @@ def synth(
         None, "--eval-set", help="Build a named evaluation set instead (rain100l-fog) from --data."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Data root holding rain100l/ (for --eval-set)."),
+    night: bool = typer.Option(False, "--night", help="Render every image at night (dark scene, lamp-lit rain), which "
+                               "training draws for 12% of its pairs; with the training families."),
 ) -> None:
     """Render rain streaks and fog with I = T*(J+R) + (1-T)*A; writes the parameters as JSON.
 
@@ -54,7 +56,9 @@ def synth(
         return
     if src is None:
         raise DerainError("missing source folder (or use --eval-set NAME --data DIR)")
-    render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog)
+    if night and rain in RAIN_CHOICES:
+        raise DerainError("--night goes with the training families (--rain general, downpour, ...), not the presets")
+    render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog, night)
     try:
         parse_fog(fog)
     except ValueError as exc:
@@ -63,9 +67,9 @@ def synth(
     console.print(f"wrote {n} images to {out}")
 
 
-def training_render(rain: str, streaks: Optional[Path], fog: str):
-    """The training renderer's config for ``--rain`` = a family, ``general`` or a mix."""
-    from ..rainrender import FAMILIES, GENERAL_MIX, RenderConfig, load_streak_bank, parse_mix
+def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = False):
+    """The training renderer's config for ``--rain`` = a family, ``general`` or a mix (``night``: always at night)."""
+    from ..rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank, parse_mix
     from ..synth import RAIN_CHOICES
 
     if rain != "general" and rain not in FAMILIES and "=" not in rain and "," not in rain:
@@ -78,7 +82,8 @@ def training_render(rain: str, streaks: Optional[Path], fog: str):
         mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
         if rain == "general" and streaks is None:
             mix.pop("photoreal")
-        return RenderConfig(mix=mix, bank=load_streak_bank(streaks) if streaks else None)
+        extras = {**GENERAL_EXTRAS, "night": 1.0} if night else dict(GENERAL_EXTRAS)
+        return RenderConfig(mix=mix, extras=extras, bank=load_streak_bank(streaks) if streaks else None)
     except (OSError, ValueError) as exc:
         raise DerainError(f"--rain {rain}: {exc}") from None
 
