@@ -2,6 +2,8 @@
 
 Two fine-tunes started from the same file usually sit in one basin, and their mean can
 score above either; whether it does is for validation to say (`derain bench VAL --weights OUT`).
+When every file continued the same ``--init`` file, the soup's ``steps`` are their runs' steps
+added up (all that training is behind it), so ``derain weights add`` counts them without a hand edit.
 
     python benchmarks/average_weights.py OUT.safetensors A.safetensors B.safetensors [...]
 """
@@ -24,6 +26,8 @@ def average(paths: list[str]) -> tuple[dict, dict]:
             mean[k] = sum(s[k].float() for s in states) / len(states)
         else:
             mean[k] = v
+    if len({repr(m.get("init")) for m in metas}) == 1 and all("steps" in m for m in metas):
+        first = {**first, "steps": sum(int(m["steps"]) for m in metas)}
     return mean, first
 
 

@@ -463,6 +463,16 @@ def test_average_weights_is_the_tensor_mean_and_refuses_other_configs(tmp_path):
     assert torch.allclose(mean["conv.weight"].float(), expected, atol=2e-3)  # stored as fp16
     assert not torch.allclose(mean["conv.weight"].float(), sa["conv.weight"].float(), atol=2e-3)
     assert meta["averaged_from"] == [str(a), str(b)]
+    # two continuations of one file: the soup carries both runs' steps and the shared init record
+    from derain_cli.weightfile import save_weights
+
+    record = {"sha256": "ab" * 32, "steps": 100, "origin": None}
+    for path, steps in ((a, 40), (b, 25)):
+        state, m = load_weights(path)
+        save_weights(path, state, architecture="dualstage", config=m["config"], init=record, steps=steps)
+    avg.main([str(out), str(a), str(b)])
+    meta = load_weights(out)[1]
+    assert int(meta["steps"]) == 65 and meta["init"] == record
     with pytest.raises(SystemExit, match="not the same architecture and config"):
         avg.main([str(tmp_path / "bad.safetensors"), str(a), str(other)])
     assert not (tmp_path / "bad.safetensors").exists()
