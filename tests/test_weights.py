@@ -476,3 +476,20 @@ def test_average_weights_is_the_tensor_mean_and_refuses_other_configs(tmp_path):
     with pytest.raises(SystemExit, match="not the same architecture and config"):
         avg.main([str(tmp_path / "bad.safetensors"), str(a), str(other)])
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_the_same_weights_and_metadata_always_make_the_same_file(tmp_path):
+    """safetensors writes metadata keys in a random order; save_weights sorts them, so a re-export
+    has the same sha256 (and the file still loads, tensors and metadata intact)."""
+    import torch
+
+    from derain_cli.weightfile import load_weights, save_weights
+
+    state = {"conv.weight": torch.arange(12.0).reshape(3, 4), "conv.bias": torch.ones(3)}
+    info = {f"key{i}": {"value": i, "note": "ü/é"} for i in range(12)}
+    digests = {save_weights(tmp_path / f"{i}.safetensors", state, architecture="dualstage", config={"c": 4}, **info)
+               for i in range(4)}
+    assert len(digests) == 1
+    loaded, meta = load_weights(tmp_path / "0.safetensors")
+    assert torch.equal(loaded["conv.weight"].float(), state["conv.weight"]) and meta["key7"] == info["key7"]
+    assert int.from_bytes((tmp_path / "0.safetensors").read_bytes()[:8], "little") % 8 == 0  # data aligned
