@@ -51,7 +51,7 @@ def main() -> None:
     mixed = draws(src, np.random.default_rng(args.seed + 1), args.cols, args.patch)
     rows.append(("general mix + extras", [to_u8(r) for r, _ in mixed]))
     rows.append(("its targets", [to_u8(c) for _, c in mixed]))
-    src = RenderSource(photos, RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0}, bank=bank),
+    src = RenderSource(photos, RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0}, bank=bank),
                        ratio=1.0)
     rows.append(("at night", [to_u8(r) for r, _ in draws(src, np.random.default_rng(args.seed + 2), args.cols, args.patch)]))
 

@@ -20,7 +20,8 @@ carry, and returns the rainy input and the clean target:
   dim, near ones large, bright and soft.
 
 Extras, each drawn per pair: exposure, white balance and depth haze (the scene's, applied
-to the target too), night (a dark scene under lamps, rain lit bright against it), uneven lighting of the rain, out-of-focus near drops, sensor noise and
+to the target too), night (a dark scene under lamps, rain lit bright against it; a quarter of
+the nights without rain), uneven lighting of the rain, out-of-focus near drops, sensor noise and
 JPEG compression of the rainy input. The target never gets rain, drops, noise or JPEG.
 
 Everything random comes from one ``numpy.random.Generator``, so a seed (or a
@@ -46,8 +47,8 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "
                                  "sheet": 0.15, "photoreal": 0.1}
 
 #: Probability of each extra per pair.
-GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "lighting": 0.5, "haze": 0.3, "drops": 0.15,
-                                    "noise": 0.4, "jpeg": 0.4}
+GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "night_clear": 0.25, "lighting": 0.5, "haze": 0.3,
+                                    "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
 
 
 @dataclass
@@ -438,6 +439,8 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     kinds, probs = zip(*cfg.mix.items())
     p = np.asarray(probs, np.float64) / sum(probs)
     family = kinds[int(rng.choice(len(kinds), p=p))]
+    if "night" in params and ex.get("night_clear", 0) and rng.random() < ex["night_clear"]:
+        family = "none"  # a night without rain: dark water and lit textures are not rain to remove
     layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
     # rain is light: it adds to the scene, dimmer where the scene is far
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth

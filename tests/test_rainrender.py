@@ -16,7 +16,7 @@ from derain_cli.rainrender import (rain_lighting,
 )
 from derain_cli.train.data import PatchSampler, RenderSource
 
-NO_EXTRAS = {k: 0.0 for k in ("exposure", "night", "lighting", "haze", "drops", "noise", "jpeg")}
+NO_EXTRAS = {k: 0.0 for k in ("exposure", "night", "night_clear", "lighting", "haze", "drops", "noise", "jpeg")}
 
 
 def tilted_texture(angle: float, h: int = 160, w: int = 260, seed: int = 0) -> StreakTexture:
@@ -139,14 +139,15 @@ def test_downpour_veils_range_from_faint_to_hiding_half_the_scene():
 def test_the_target_gets_the_exposure_and_the_scene_haze_and_nothing_else():
     rng = np.random.default_rng(0)
     clean = rng.uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
-    cfg = RenderConfig(mix={"fine": 1.0}, extras={k: 1.0 for k in NO_EXTRAS})
+    every = {k: 1.0 for k in NO_EXTRAS if k != "night_clear"}  # every extra, and the night has rain
+    cfg = RenderConfig(mix={"fine": 1.0}, extras=every)
     rainy, target, p = render_pair(clean, np.random.default_rng(3), cfg)
     e, hz, n = p["exposure"], p["haze"], p["night"]
     exposed = np.clip(clean ** e["gamma"] * e["gain"] * np.array(e["white_balance"], np.float32), 0, 1)
     exposed = exposed ** n["gamma"] * n["gain"] * np.array(n["lamp"], np.float32)
     t = (target - np.array(hz["atmospheric_light"], np.float32)) / (exposed - np.array(hz["atmospheric_light"]))
     assert np.allclose(t, t[..., :1], atol=1e-3) and 0 < t.min() and t.max() <= 1 + 1e-4  # one transmission a pixel
-    assert set(p) >= {*NO_EXTRAS, "rain"}
+    assert set(p) >= {*every, "rain"}
     assert np.abs(rainy - target).mean() > 0.01
 
 
@@ -269,6 +270,18 @@ def test_night_darkens_the_scene_in_both_and_the_rain_stays_bright_in_the_lamps_
     day = RenderConfig(mix={"dash": 1.0}, extras=NO_EXTRAS)
     _, target, p = render_pair(clean, np.random.default_rng(0), day)
     assert "night" not in p and np.array_equal(target, clean)
+
+
+def test_night_clear_makes_some_nights_rain_free_and_leaves_days_alone():
+    """``night_clear``: that share of the night pairs has no rain (input = target), so dark water and
+    lit textures are not learnt as rain; daytime pairs keep their rain."""
+    clean = np.random.default_rng(0).uniform(0.3, 0.9, (64, 64, 3)).astype(np.float32)
+    clear_nights = RenderConfig(mix={"dash": 1.0}, extras={**NO_EXTRAS, "night": 1.0, "night_clear": 1.0})
+    rainy, target, p = render_pair(clean, np.random.default_rng(1), clear_nights)
+    assert p["rain"] == {"family": "none"} and "night" in p and np.array_equal(rainy, target)
+    days = RenderConfig(mix={"dash": 1.0}, extras={**NO_EXTRAS, "night_clear": 1.0})
+    rainy, target, p = render_pair(clean, np.random.default_rng(1), days)
+    assert p["rain"]["family"] == "dash" and np.abs(rainy - target).max() > 0.2
 
 
 def test_unevenly_lit_rain_is_bright_on_the_lit_side_only():

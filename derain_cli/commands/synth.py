@@ -25,8 +25,8 @@ def synth(
         None, "--eval-set", help="Build a named evaluation set instead (rain100l-fog) from --data."
     ),
     data: Optional[Path] = typer.Option(None, "--data", help="Data root holding rain100l/ (for --eval-set)."),
-    night: bool = typer.Option(False, "--night", help="Render every image at night (dark scene, lamp-lit rain), which "
-                               "training draws for 12% of its pairs; with the training families."),
+    night: bool = typer.Option(False, "--night", help="Render every image at night (dark scene, lamp-lit rain), as "
+                               "training does for 12% of its pairs; with the training families."),
 ) -> None:
     """Render rain streaks and fog with I = T*(J+R) + (1-T)*A; writes the parameters as JSON.
 
@@ -82,7 +82,7 @@ def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = 
         mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
         if rain == "general" and streaks is None:
             mix.pop("photoreal")
-        extras = {**GENERAL_EXTRAS, "night": 1.0} if night else dict(GENERAL_EXTRAS)
+        extras = {**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0} if night else dict(GENERAL_EXTRAS)
         return RenderConfig(mix=mix, extras=extras, bank=load_streak_bank(streaks) if streaks else None)
     except (OSError, ValueError) as exc:
         raise DerainError(f"--rain {rain}: {exc}") from None
