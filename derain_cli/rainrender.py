@@ -85,6 +85,17 @@ def parse_mix(text: str) -> dict[str, float]:
     return out
 
 
+def parse_extras(text: str) -> dict[str, float]:
+    """``"night=0,noise=0.6"`` -> changed probabilities of the extras (names of :data:`GENERAL_EXTRAS`)."""
+    out = parse_mix(text)
+    for name, p in out.items():
+        if name not in GENERAL_EXTRAS:
+            raise ValueError(f"unknown extra {name!r}; choose from {', '.join(GENERAL_EXTRAS)}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name}={p:g}: a probability is between 0 and 1")
+    return out
+
+
 @dataclass(frozen=True)
 class StreakTexture:
     """One streak texture and the angle (degrees from vertical) its streaks already fall at."""

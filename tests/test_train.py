@@ -436,6 +436,8 @@ def test_two_validation_sets_are_scored_apart_and_averaged(tiny_pairs):
     (("--unpaired", "CLEAN", "RAINY", "--render", "CLEAN"), ("--render", "--unpaired")),
     (("--render", "CLEAN", "--render-mix", "hail=1"), ("--render-mix", "hail")),
     (("--render", "CLEAN", "--render-mix", "photoreal=1"), ("streak bank",)),
+    (("--render", "CLEAN", "--render-extras", "hail=1"), ("--render-extras", "hail", "night")),
+    (("--render", "CLEAN", "--render-extras", "night=2"), ("--render-extras", "between 0 and 1")),
     (("--paired", "RAINY", "CLEAN", "--render", "CLEAN", "--render-ratio", "0"), ("--render-ratio",)),
 ])
 def test_render_options_fail_with_one_clear_line(tiny_pairs, monkeypatch, capsys, args, needles):
@@ -462,10 +464,27 @@ def test_resume_alone_takes_everything_from_the_run_folder(tiny_pairs, monkeypat
     assert extra["step"] == 4 and extra["options"]["ema"] == 0.9 and extra["options"]["patch"] == 32
     assert extra["options"]["render"]["ratio"] == 0.5 and extra["mode"] == "paired"
     assert "done at step 4" in out
-    from derain_cli.rainrender import GENERAL_MIX
+    from derain_cli.rainrender import GENERAL_EXTRAS, GENERAL_MIX
 
-    # the default mix is pinned in the run folder: a newer default must not change a resumed run
+    # the default mix and extras are pinned in the run folder: newer defaults must not change a resumed run
     assert extra["options"]["render"]["mix"] == {k: v for k, v in GENERAL_MIX.items() if k != "photoreal"}
+    assert extra["options"]["render"]["extras"] == GENERAL_EXTRAS
+
+
+def test_render_extras_change_the_extras_and_are_kept_on_resume(tiny_pairs, monkeypatch, capsys):
+    run = tiny_pairs / "cli_run"
+    code, _, err = _train_cli(monkeypatch, capsys, tiny_pairs, "--render", tiny_pairs / "clean",
+                              "--render-extras", "night=1,jpeg=0")
+    assert code == 0, err
+    from derain_cli.rainrender import GENERAL_EXTRAS
+
+    extras = json.loads((run / "last" / "state.json").read_text())["extra"]["options"]["render"]["extras"]
+    assert extras == {**GENERAL_EXTRAS, "night": 1.0, "jpeg": 0.0}
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "4", "-q")
+    assert code == 0, err
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "6", "-q",
+                          "--render", tiny_pairs / "clean", "--render-extras", "night=0")
+    assert code != 0 and "--render-extras" in err and "contradicts" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_resume_keeps_the_plan_a_time_budget_shortened(tiny_pairs, monkeypatch, capsys):

@@ -20,6 +20,7 @@ def train_command(
     render: List[Path] = typer.Option([], "--render", help="CLEAN_DIR of photos to render new rain on at every step (repeatable); with --paired or --semi, mixed in at --render-ratio."),
     render_ratio: float = typer.Option(0.7, "--render-ratio", help="Share of training pairs rendered with --render (the rest are the real pairs)."),
     render_mix: Optional[str] = typer.Option(None, "--render-mix", help="Rain families and weights, e.g. fine=0.15,light=0.1,moderate=0.15,downpour=0.2,dash=0.15,sheet=0.15,photoreal=0.1 (the default)."),
+    render_extras: Optional[str] = typer.Option(None, "--render-extras", help="Change how often each extra is drawn, e.g. night=0,noise=0.6 (default exposure=0.6,night=0.12,night_clear=0.25,lighting=0.5,haze=0.3,drops=0.15,noise=0.4,jpeg=0.4)."),
     streaks: Optional[Path] = typer.Option(None, "--streaks", help="Folder of streak textures for the photoreal family (e.g. rain_streaks_garg06)."),
     unpaired: Optional[Tuple[Path, Path]] = typer.Option(None, "--unpaired", help="CLEAN_DIR RAINY_DIR, unrelated images."),
     semi: Optional[Tuple[Path, Path, Path]] = typer.Option(None, "--semi", help="RAINY_DIR CLEAN_DIR REAL_RAINY_DIR."),

@@ -95,15 +95,20 @@ def _model(params: dict[str, Any], explicit: set[str], mode: str) -> str:
 def _render(params: dict[str, Any]) -> dict[str, Any] | None:
     if not params["render"]:
         return None
-    from ..rainrender import parse_mix
+    from ..rainrender import parse_extras, parse_mix
 
     try:
         mix = parse_mix(params["render_mix"]) if params["render_mix"] else None
     except ValueError as exc:
         raise DerainError(f"--render-mix: {exc}") from None
+    try:
+        extras = parse_extras(params["render_extras"]) if params.get("render_extras") else None
+    except ValueError as exc:
+        raise DerainError(f"--render-extras: {exc}") from None
     streaks = params["streaks"]
-    return {"folders": [str(f) for f in params["render"]], "ratio": params["render_ratio"], "mix": mix,
-            "streaks": str(streaks) if streaks else None}
+    render = {"folders": [str(f) for f in params["render"]], "ratio": params["render_ratio"], "mix": mix,
+              "streaks": str(streaks) if streaks else None}
+    return {**render, "extras": extras} if extras else render
 
 
 def _new_run(params: dict[str, Any], explicit: set[str], command: str) -> Any:

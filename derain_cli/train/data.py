@@ -152,10 +152,10 @@ class PatchSampler:
 
 
 def build_render(render: dict | None, patch: int) -> tuple[RenderSource | None, dict | None]:
-    """The :class:`RenderSource` for ``{"folders", "ratio", "mix", "streaks"}`` and its description."""
+    """The :class:`RenderSource` for ``{"folders", "ratio", "mix", "streaks"[, "extras"]}`` and its description."""
     if not render:
         return None, None
-    from ..rainrender import GENERAL_MIX, RenderConfig, load_streak_bank
+    from ..rainrender import GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank
 
     mix = dict(render.get("mix") or GENERAL_MIX)
     streaks = render.get("streaks")
@@ -166,7 +166,7 @@ def build_render(render: dict | None, patch: int) -> tuple[RenderSource | None, 
     except (OSError, ValueError) as exc:
         raise DerainError(f"--streaks: {exc}") from None
     try:
-        cfg = RenderConfig(mix=mix, bank=bank)
+        cfg = RenderConfig(mix=mix, extras={**GENERAL_EXTRAS, **(render.get("extras") or {})}, bank=bank)
     except ValueError as exc:
         raise DerainError(f"--render-mix: {exc}") from None
     images = [img for folder in render["folders"] for img in load_folder(folder, patch)]

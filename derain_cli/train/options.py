@@ -31,7 +31,7 @@ class TrainOptions:
     val: tuple[str, str] | None = None
     #: More validation sets, each a folder with ``rainy/`` and ``clean/``; the score is the mean over sets.
     val_sets: list[str] = field(default_factory=list)
-    #: Rendered rain on clean photos: ``{"folders", "ratio", "mix", "streaks"}`` (see train.data.build_render).
+    #: Rendered rain on clean photos: ``{"folders", "ratio", "mix", "streaks"[, "extras"]}`` (train.data.build_render).
     render: dict[str, Any] | None = None
     val_every: int = 500
     save_every: int = 500

@@ -18,7 +18,8 @@ from ..errors import DerainError
 FREE = {"resume", "out", "max_minutes", "threads", "quiet", "steps", "export", "device", "save_every", "val_every"}
 #: Command-line parameters that pick the data, and the mode each one means.
 DATA_FLAGS = {"paired": "paired", "unpaired": "unpaired", "semi": "semi"}
-_RENDER_KEYS = {"render": "folders", "render_ratio": "ratio", "render_mix": "mix", "streaks": "streaks"}
+_RENDER_KEYS = {"render": "folders", "render_ratio": "ratio", "render_mix": "mix", "render_extras": "extras",
+                "streaks": "streaks"}
 
 
 def checkpoint_dir(resume: Path) -> Path:
@@ -68,10 +69,10 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
     if name in _RENDER_KEYS:
         key = _RENDER_KEYS[name]
         given = jsonable(value)
-        if name == "render_mix":
-            from ..rainrender import parse_mix
+        if name in ("render_mix", "render_extras"):
+            from ..rainrender import parse_extras, parse_mix
 
-            given = parse_mix(value)
+            given = (parse_mix if name == "render_mix" else parse_extras)(value)
         return (saved.get("render") or {}).get(key), given
     if name == "half":  # --half is recorded under its old name
         return saved.get("bf16"), value

@@ -95,8 +95,9 @@ class Trainer:
                 _check_out_dir(Path(opts.export).parent)
         self.sampler, self.data_info = build_sampler(opts.mode, opts.folders, opts.patch, opts.batch, opts.seed,
                                                      self.rank, self.world, render=opts.render)
-        if opts.render and not opts.render.get("mix"):  # pin the default mix: a resume must not pick up a newer one
-            opts.render = {**opts.render, "mix": self.data_info["rendered"]["mix"]}
+        if opts.render:  # pin the mix and extras in the run folder: a resume must not pick up newer defaults
+            rendered = self.data_info["rendered"]
+            opts.render = {**opts.render, "mix": rendered["mix"], "extras": rendered["extras"]}
         self.val_sets = load_val_sets(opts.val, opts.val_sets)
         self.config = self._config()
         self.init_record = self._init_record()
