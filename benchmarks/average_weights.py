@@ -2,8 +2,9 @@
 
 Two fine-tunes started from the same file usually sit in one basin, and their mean can
 score above either; whether it does is for validation to say (`derain bench VAL --weights OUT`).
-When every file continued the same ``--init`` file, the soup's ``steps`` are their runs' steps
-added up (all that training is behind it), so ``derain weights add`` counts them without a hand edit.
+When the files continued the same ``--init`` file (which may itself be one of them), the soup takes
+a continuation's metadata with their runs' steps added up (all that training is behind it), so
+``derain weights add`` counts them without a hand edit.
 
     python benchmarks/average_weights.py OUT.safetensors A.safetensors B.safetensors [...]
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from derain_cli.weightfile import load_weights, save_weights
+from derain_cli.weightfile import load_weights, save_weights, sha256_file
 
 
 def average(paths: list[str]) -> tuple[dict, dict]:
@@ -26,8 +27,10 @@ def average(paths: list[str]) -> tuple[dict, dict]:
             mean[k] = sum(s[k].float() for s in states) / len(states)
         else:
             mean[k] = v
-    if len({repr(m.get("init")) for m in metas}) == 1 and all("steps" in m for m in metas):
-        first = {**first, "steps": sum(int(m["steps"]) for m in metas)}
+    starts = {(m.get("init") or {}).get("sha256") for m in metas}
+    runs = [m for p, m in zip(paths, metas) if sha256_file(p) not in starts]  # a start file adds no steps
+    if runs and len({repr(m.get("init")) for m in runs}) == 1 and all("steps" in m for m in runs):
+        first = {**runs[0], "steps": sum(int(m["steps"]) for m in runs)}
     return mean, first
 
 

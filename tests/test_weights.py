@@ -473,6 +473,18 @@ def test_average_weights_is_the_tensor_mean_and_refuses_other_configs(tmp_path):
     avg.main([str(out), str(a), str(b)])
     meta = load_weights(out)[1]
     assert int(meta["steps"]) == 65 and meta["init"] == record
+    # ... and averaged with the file they started from, which adds no steps of its own
+    from derain_cli.weightfile import sha256_file
+
+    start = tmp_path / "start.safetensors"
+    make_weights(start, seed=4)
+    record = {"sha256": sha256_file(start), "steps": 100, "origin": None}
+    for path, steps in ((a, 40), (b, 25)):
+        state, m = load_weights(path)
+        save_weights(path, state, architecture="dualstage", config=m["config"], init=record, steps=steps)
+    avg.main([str(out), str(start), str(a), str(b)])
+    meta = load_weights(out)[1]
+    assert int(meta["steps"]) == 65 and meta["init"] == record
     with pytest.raises(SystemExit, match="not the same architecture and config"):
         avg.main([str(tmp_path / "bad.safetensors"), str(a), str(other)])
     assert not (tmp_path / "bad.safetensors").exists()
