@@ -482,8 +482,11 @@ def test_render_extras_change_the_extras_and_are_kept_on_resume(tiny_pairs, monk
     assert extras == {**GENERAL_EXTRAS, "night": 1.0, "jpeg": 0.0}
     code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "4", "-q")
     assert code == 0, err
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "5", "-q",
+                          "--render-extras", "night=1,jpeg=0")  # the same again
+    assert code == 0, err
     code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "6", "-q",
-                          "--render", tiny_pairs / "clean", "--render-extras", "night=0")
+                          "--render-extras", "night=0")
     assert code != 0 and "--render-extras" in err and "contradicts" in err and len(err.strip().splitlines()) == 1, err
 
 
