@@ -93,10 +93,10 @@ def main() -> None:
             for side in ("rainy", "clean"):
                 link(f, args.out / "val" / "rain_free" / side / f"{dev}_{f.name}")
     if not (args.out / "val" / "night_rl" / "rainy").is_dir():
-        from derain_cli.rainrender import GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank
+        from derain_cli.rainrender import GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank
         from derain_cli.synth_sets import synthesize_folder
 
-        night = RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0},
+        night = RenderConfig(mix=dict(GENERAL_MIX), extras=dict(NIGHT_EXTRAS),
                              bank=load_streak_bank(args.data / "rain_streaks_garg06"))
         synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "night_rl", seed=7, render=night)
     real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)

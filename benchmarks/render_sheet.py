@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
 
-    from derain_cli.rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank
+    from derain_cli.rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank
     from derain_cli.train.data import RenderSource, load_folder
 
     photos = load_folder(args.clean, args.patch)
@@ -51,8 +51,7 @@ def main() -> None:
     mixed = draws(src, np.random.default_rng(args.seed + 1), args.cols, args.patch)
     rows.append(("general mix + extras", [to_u8(r) for r, _ in mixed]))
     rows.append(("its targets", [to_u8(c) for _, c in mixed]))
-    src = RenderSource(photos, RenderConfig(mix=dict(GENERAL_MIX), extras={**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0}, bank=bank),
-                       ratio=1.0)
+    src = RenderSource(photos, RenderConfig(mix=dict(GENERAL_MIX), extras=dict(NIGHT_EXTRAS), bank=bank), ratio=1.0)
     rows.append(("at night", [to_u8(r) for r, _ in draws(src, np.random.default_rng(args.seed + 2), args.cols, args.patch)]))
 
     c = args.patch

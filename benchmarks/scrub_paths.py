@@ -21,16 +21,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from safetensors import safe_open
-    from safetensors.torch import save
 
-    from derain_cli.weightfile import atomic_write_bytes, machine_path, portable
+    from derain_cli.weightfile import machine_path, portable, write_safetensors
 
     with safe_open(str(args.src), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         metadata = f.metadata() or {}
     os.environ["DERAIN_DATA"] = args.root  # what portable() writes as $DERAIN_DATA
     clean = {k: portable(v) for k, v in metadata.items()}
-    atomic_write_bytes(args.dst, save(tensors, metadata=clean))
+    write_safetensors(args.dst, tensors, clean)
     left = [k for k, v in clean.items() if machine_path(v)]
     print(f"wrote {args.dst}; metadata keys still naming a machine path: {left or 'none'}")
 

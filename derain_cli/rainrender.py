@@ -50,6 +50,9 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "night_clear": 0.25, "lighting": 0.5, "haze": 0.3,
                                     "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
 
+#: The extras with every pair at night and raining: what `derain synth --night` and the night figures show.
+NIGHT_EXTRAS: dict[str, float] = {**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0}
+
 
 @dataclass
 class RenderConfig:
@@ -86,14 +89,14 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def parse_extras(text: str) -> dict[str, float]:
-    """``"night=0,noise=0.6"`` -> changed probabilities of the extras (names of :data:`GENERAL_EXTRAS`)."""
-    out = parse_mix(text)
-    for name, p in out.items():
+    """``"night=0,noise=0.6"`` -> every extra's probability: :data:`GENERAL_EXTRAS` with those changed."""
+    changed = parse_mix(text)
+    for name, p in changed.items():
         if name not in GENERAL_EXTRAS:
             raise ValueError(f"unknown extra {name!r}; choose from {', '.join(GENERAL_EXTRAS)}")
         if not 0 <= p <= 1:
             raise ValueError(f"{name}={p:g}: a probability is between 0 and 1")
-    return out
+    return {**GENERAL_EXTRAS, **changed}
 
 
 @dataclass(frozen=True)

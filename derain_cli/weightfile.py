@@ -80,7 +80,6 @@ def save_weights(
     ``info`` (training data, steps, date, ...) goes into the metadata as JSON.
     """
     import torch
-    from safetensors.torch import save
 
     tensors = {}
     for k, v in state_dict.items():
@@ -90,19 +89,22 @@ def save_weights(
         tensors[k] = v
     meta = {"format": FORMAT, "architecture": architecture, "config": json.dumps(config, sort_keys=True)}
     meta.update({k: portable(json.dumps(v)) for k, v in info.items()})
-    atomic_write_bytes(path, _canonical(save(tensors, metadata=meta)))
+    write_safetensors(path, tensors, meta)
     return sha256_file(path)
 
 
-def _canonical(blob: bytes) -> bytes:
-    """The safetensors bytes with the metadata keys sorted, so the same weights and metadata always
-    give the same file and sha256 (safetensors writes its metadata in a random order)."""
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` and string ``metadata`` atomically, the metadata keys sorted, so the same
+    weights and metadata always give the same file and sha256 (safetensors orders them at random)."""
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8:8 + n])
     header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
-    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+    atomic_write_bytes(path, len(text).to_bytes(8, "little") + text + blob[8 + n:])
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def synth(
 
 def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = False):
     """The training renderer's config for ``--rain`` = a family, ``general`` or a mix (``night``: always at night)."""
-    from ..rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, RenderConfig, load_streak_bank, parse_mix
+    from ..rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank, parse_mix
     from ..synth import RAIN_CHOICES
 
     if rain != "general" and rain not in FAMILIES and "=" not in rain and "," not in rain:
@@ -82,7 +82,7 @@ def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = 
         mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
         if rain == "general" and streaks is None:
             mix.pop("photoreal")
-        extras = {**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0} if night else dict(GENERAL_EXTRAS)
+        extras = dict(NIGHT_EXTRAS if night else GENERAL_EXTRAS)
         return RenderConfig(mix=mix, extras=extras, bank=load_streak_bank(streaks) if streaks else None)
     except (OSError, ValueError) as exc:
         raise DerainError(f"--rain {rain}: {exc}") from None

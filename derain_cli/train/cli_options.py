@@ -106,9 +106,8 @@ def _render(params: dict[str, Any]) -> dict[str, Any] | None:
     except ValueError as exc:
         raise DerainError(f"--render-extras: {exc}") from None
     streaks = params["streaks"]
-    render = {"folders": [str(f) for f in params["render"]], "ratio": params["render_ratio"], "mix": mix,
-              "streaks": str(streaks) if streaks else None}
-    return {**render, "extras": extras} if extras else render
+    return {"folders": [str(f) for f in params["render"]], "ratio": params["render_ratio"], "mix": mix,
+            "extras": extras, "streaks": str(streaks) if streaks else None}
 
 
 def _new_run(params: dict[str, Any], explicit: set[str], command: str) -> Any:

@@ -166,7 +166,7 @@ def build_render(render: dict | None, patch: int) -> tuple[RenderSource | None, 
     except (OSError, ValueError) as exc:
         raise DerainError(f"--streaks: {exc}") from None
     try:
-        cfg = RenderConfig(mix=mix, extras={**GENERAL_EXTRAS, **(render.get("extras") or {})}, bank=bank)
+        cfg = RenderConfig(mix=mix, extras=dict(render.get("extras") or GENERAL_EXTRAS), bank=bank)
     except ValueError as exc:
         raise DerainError(f"--render-mix: {exc}") from None
     images = [img for folder in render["folders"] for img in load_folder(folder, patch)]

@@ -69,14 +69,10 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
     if name in _RENDER_KEYS:
         key = _RENDER_KEYS[name]
         given = jsonable(value)
-        if name == "render_mix":
-            from ..rainrender import parse_mix
+        if name in ("render_mix", "render_extras"):
+            from ..rainrender import parse_extras, parse_mix
 
-            given = parse_mix(value)
-        elif name == "render_extras":  # the folder pins every extra; the option names only the changed ones
-            from ..rainrender import GENERAL_EXTRAS, parse_extras
-
-            given = {**GENERAL_EXTRAS, **parse_extras(value)}
+            given = (parse_mix if name == "render_mix" else parse_extras)(value)
         return (saved.get("render") or {}).get(key), given
     if name == "half":  # --half is recorded under its old name
         return saved.get("bf16"), value
