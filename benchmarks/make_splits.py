@@ -11,6 +11,8 @@ The folders hold symbolic links into the research data (``$DERAIN_DATA`` or ``--
 - ``val/night_rl`` = rain rendered at night on the clean images of ``val/rl_heldout`` (the only folder
   written, not linked: ``derain synth ... --rain general --night --seed 7`` with the streak bank), to see
   whether a model removes lamp-lit rain from dark scenes;
+- ``val/backlit_rl`` = the renderer's ``backlit`` family (dense short drops lit from behind) on the same
+  clean images, with the default extras (``derain synth ... --rain backlit --seed 9``);
 - ``real_rain/train`` = 90 of the 100 real rainy photos, ``real_rain/check`` = 10.jpg, 20.jpg ... 100.jpg
   (never trained on: a visual check set);
 - ``jrgr/{train,val}`` = RainTrainL 001-195 / 196-200 (the jrgr.rain100l recipe);
@@ -99,6 +101,12 @@ def main() -> None:
         night = RenderConfig(mix=dict(GENERAL_MIX), extras=dict(NIGHT_EXTRAS),
                              bank=load_streak_bank(args.data / "rain_streaks_garg06"))
         synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "night_rl", seed=7, render=night)
+    if not (args.out / "val" / "backlit_rl" / "rainy").is_dir():
+        from derain_cli.rainrender import RenderConfig
+        from derain_cli.synth_sets import synthesize_folder
+
+        synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "backlit_rl", seed=9,
+                          render=RenderConfig(mix={"backlit": 1.0}))
     real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)
     real = [f for f in real if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
     for f in real:

@@ -12,6 +12,8 @@ carry, and returns the rainy input and the clean target:
   in several layers around one main direction (within 30 degrees of vertical), then JORDER's
   accumulation ``O = alpha * (B + sum_t S_t) + (1 - alpha) * A``.
 * ``dash``: short, wide, soft dashes, rain caught by a fast shutter (Rain800-like).
+* ``backlit``: many short drops, most dim and a few bright: a downpour lit from behind
+  (a lamp, a flash, a dark street); not in the default mix.
 * ``sheet``: sheets of rain, the Photoshop pipeline behind Rain800 and Rain1400: noise
   motion-blurred along the rain into long streaks, a levels curve whose floor is the
   veil of drops too small and many to resolve, screen-blended onto the photo.
@@ -38,7 +40,7 @@ import numpy as np
 
 from .synth import render_rain
 
-FAMILIES = ("fine", "light", "moderate", "downpour", "dash", "sheet", "photoreal", "none")
+FAMILIES = ("fine", "light", "moderate", "downpour", "dash", "backlit", "sheet", "photoreal", "none")
 
 #: The family mix of the ``general`` weights: rain rates from drizzle to downpour without a gap
 #: (real rain is a continuum), photoreal streaks, and Rain100L-like fine streaks so the
@@ -214,6 +216,37 @@ def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
     return _layered(h, w, rng, angle, (1, 4), draw, blur=(0.6, 1.2), jitter=6)
 
 
+def backlit_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
+    """Many short drops in 3-5 layers (3-24 px long, 1-2 px wide), most dim, a few bright: a downpour lit from behind.
+
+    Against a dark street, under a lamp or in a flash every drop in the air shines, far more of
+    them than a daylight photo resolves, and their brightness spans a wide range (near the light or
+    far from it). ``dash`` draws sparse, evenly bright dashes and ``downpour`` long streaks; neither
+    looks like this field of speckled short streaks over the whole frame.
+    """
+    import cv2
+
+    n = int(rng.integers(3, 6))
+    rain = np.zeros((h, w), np.float32)
+    layers = []
+    for i in range(n):
+        near = (i + rng.random()) / n
+        spec = {"density": float(rng.uniform(0.004, 0.02) * (1.3 - 0.6 * near)),
+                "length": int(rng.integers(3, 10) + near * rng.integers(0, 15)),
+                "width": int(1 + round(near * rng.uniform(0, 1.4))),
+                "intensity": float(rng.uniform(0.5, 0.8) + 0.2 * near),
+                "blur": float(rng.uniform(0.3, 0.8)),
+                "angle": angle + float(rng.uniform(-8, 8))}
+        # strength u^3: most drops dim, a few as bright as the layer's intensity
+        seeds = (rng.random((h, w), dtype=np.float32) < spec["density"]) * rng.random((h, w), dtype=np.float32) ** 3
+        kernel = _line_kernel(spec["length"], spec["angle"], spec["width"])
+        kernel = cv2.GaussianBlur(kernel, (0, 0), spec["blur"])
+        layer = cv2.filter2D(seeds.astype(np.float32), -1, kernel / kernel.max(), borderType=cv2.BORDER_REFLECT)
+        rain = 1 - (1 - rain) * (1 - np.clip(layer * spec["intensity"], 0, 1))
+        layers.append(spec)
+    return rain, layers
+
+
 def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, dict]:
     """Sheets of rain: streaks over a veil, in [floor, peak].
 
@@ -287,6 +320,8 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
         return layer, {"family": family, "angle": angle, "rate": rate, "layers": layers}
     elif family == "dash":
         layer, layers = dash_layers(h, w, rng, angle)
+    elif family == "backlit":
+        layer, layers = backlit_layers(h, w, rng, angle)
     elif family == "sheet":
         layer, sheet = sheet_layer(h, w, rng, angle)
         return layer, {"family": family, "angle": angle, **sheet}

@@ -146,7 +146,7 @@ def rain_mix_layers(n: int, h: int, w: int, rng: np.random.Generator, mix: dict[
     A kind is a preset here, ``"none"`` (an empty layer, so a model trained on the
     result also learns to leave rain-free images alone), or one of the rendered
     families of :mod:`derain_cli.rainrender` that need no streak bank (``moderate``,
-    ``downpour``, ``dash``, ``sheet``): the training priors of the unpaired models
+    ``downpour``, ``dash``, ``backlit``, ``sheet``): the training priors of the unpaired models
     use it, and the families let them see heavy rain as well as Rain100L's. Their recipes
     check the mix once (:func:`check_rain_mix`), not at every step.
     """

@@ -54,7 +54,7 @@ def test_streak_angle_reads_a_known_texture():
     assert abs(BANK[0].angle - 17) < 3 and abs(BANK[1].angle + 17) < 3 and abs(BANK[2].angle) < 3
 
 
-@pytest.mark.parametrize("family", ["moderate", "downpour", "dash", "sheet", "photoreal"])
+@pytest.mark.parametrize("family", ["moderate", "downpour", "dash", "backlit", "sheet", "photoreal"])
 def test_streaks_fall_in_the_drawn_direction_within_30_degrees_of_vertical(family):
     errors = []
     for layer, p in layers(family):
@@ -324,3 +324,27 @@ def test_dashes_are_shorter_than_a_downpours_streaks_and_wider_than_light_rains(
     assert dash > 2 * light, (dash, light)
     for _, p in layers("dash"):
         assert all(6 <= layer["length"] <= 40 and 2 <= layer["width"] <= 4 for layer in p["layers"])
+
+
+def _drops(family: str) -> tuple[float, list[float]]:
+    """Mean number of separate drops per 256 x 256 layer, and every drop's peak brightness."""
+    import cv2
+
+    counts, peaks = [], []
+    for layer, _ in layers(family, n=6, size=256):
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((layer > 0.1).astype(np.uint8))
+        peak = np.zeros(n, np.float32)
+        np.maximum.at(peak, labels.ravel(), layer.ravel())
+        counts.append(n - 1)
+        peaks += list(peak[1:][stats[1:, 4] >= 3])
+    return float(np.mean(counts)), peaks
+
+
+def test_backlit_rain_is_many_short_drops_most_dim_a_few_bright():
+    many, peaks = _drops("backlit")
+    assert many > 3 * _drops("dash")[0]
+    assert _streak_heights("backlit") < 16 < _streak_heights("dash")
+    assert np.percentile(peaks, 90) > 1.5 * np.median(peaks)  # a wide range of brightness, not one level
+    for _, p in layers("backlit"):
+        assert 3 <= len(p["layers"]) <= 5
+        assert all(3 <= layer["length"] <= 23 and 1 <= layer["width"] <= 2 for layer in p["layers"])

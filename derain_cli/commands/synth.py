@@ -15,7 +15,7 @@ def synth(
     src: Optional[Path] = typer.Argument(None, help="Folder of clean images (or rainy ones with --clean)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder: rainy/, clean/ and params/ are written there."),
     rain: str = typer.Option("light", "--rain", help="Rain streaks: fine (like Rain100L), drizzle, light, heavy or none "
-                             "(physical model, with --fog); or what training renders: moderate, downpour, dash, sheet, photoreal, general "
+                             "(physical model, with --fog); or what training renders: moderate, downpour, dash, backlit, sheet, photoreal, general "
                              "(the general weights' mix) or a mix like downpour=0.5,fine=0.5."),
     streaks: Optional[Path] = typer.Option(None, "--streaks", help="Streak textures for photoreal rain (rain_streaks_garg06)."),
     fog: str = typer.Option("0", "--fog", help="Fog strength 0..1, or a range like 0.2-0.8 drawn per image."),
