@@ -217,7 +217,7 @@ def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
 
 
 def backlit_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
-    """Many short drops in 3-5 layers (3-24 px long, 1-2 px wide), most dim, a few bright: a downpour lit from behind.
+    """Many short drops in 3-5 layers (3-22 px long, 1-2 px wide), most dim, a few bright: a downpour lit from behind.
 
     Against a dark street, under a lamp or in a flash every drop in the air shines, far more of
     them than a daylight photo resolves, and their brightness spans a wide range (near the light or
