@@ -94,19 +94,17 @@ def main() -> None:
         for f in sorted((args.out / "val" / dev / "clean").iterdir()):
             for side in ("rainy", "clean"):
                 link(f, args.out / "val" / "rain_free" / side / f"{dev}_{f.name}")
-    if not (args.out / "val" / "night_rl" / "rainy").is_dir():
-        from derain_cli.rainrender import GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank
-        from derain_cli.synth_sets import synthesize_folder
+    from derain_cli.rainrender import GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank
+    from derain_cli.synth_sets import synthesize_folder
 
-        night = RenderConfig(mix=dict(GENERAL_MIX), extras=dict(NIGHT_EXTRAS),
-                             bank=load_streak_bank(args.data / "rain_streaks_garg06"))
-        synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "night_rl", seed=7, render=night)
-    if not (args.out / "val" / "backlit_rl" / "rainy").is_dir():
-        from derain_cli.rainrender import RenderConfig
-        from derain_cli.synth_sets import synthesize_folder
-
-        synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / "backlit_rl", seed=9,
-                          render=RenderConfig(mix={"backlit": 1.0}))
+    rendered = {  # folder: (seed, its renderer), on the held-out RainTrainL scenes; made once
+        "night_rl": (7, lambda: RenderConfig(mix=dict(GENERAL_MIX), extras=dict(NIGHT_EXTRAS),
+                                             bank=load_streak_bank(args.data / "rain_streaks_garg06"))),
+        "backlit_rl": (9, lambda: RenderConfig(mix={"backlit": 1.0})),
+    }
+    for name, (seed, render) in rendered.items():
+        if not (args.out / "val" / name / "rainy").is_dir():
+            synthesize_folder(args.out / "val" / "rl_heldout" / "clean", args.out / "val" / name, seed=seed, render=render())
     real = sorted((args.data / "real_rain" / "train").iterdir(), key=numeric)
     real = [f for f in real if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
     for f in real:

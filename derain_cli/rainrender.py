@@ -172,16 +172,28 @@ def _streak_layer(h: int, w: int, rng: np.random.Generator, spec: dict, angle: f
     return np.clip(streaks / max(peak, 1e-6), 0, 1) * spec["intensity"]
 
 
-def _layered(h: int, w: int, rng: np.random.Generator, angle: float, count: tuple[int, int],
-             draw, blur: tuple[float, float], jitter: float) -> tuple[np.ndarray, list[dict]]:
-    """``count`` streak layers from far to near, screen-combined; ``draw(near)`` gives a layer's spec."""
+def _drop_layer(h: int, w: int, rng: np.random.Generator, spec: dict) -> np.ndarray:
+    """One layer of drops whose strength is u^3 (most dim, a few as bright as ``spec["intensity"]``),
+    each drawn as a softened line of ``spec``'s length, width, blur and angle."""
+    import cv2
+
+    seeds = (rng.random((h, w), dtype=np.float32) < spec["density"]) * rng.random((h, w), dtype=np.float32) ** 3
+    kernel = cv2.GaussianBlur(_line_kernel(spec["length"], spec["angle"], spec["width"]), (0, 0), spec["blur"])
+    layer = cv2.filter2D(seeds.astype(np.float32), -1, kernel / kernel.max(), borderType=cv2.BORDER_REFLECT)
+    return np.clip(layer * spec["intensity"], 0, 1)
+
+
+def _layered(h: int, w: int, rng: np.random.Generator, count: tuple[int, int],
+             draw, layer) -> tuple[np.ndarray, list[dict]]:
+    """``count`` layers from far to near, screen-combined: ``draw(near)`` gives a layer's spec,
+    ``layer(spec)`` its ``H x W`` streaks in [0, 1]."""
     n = int(rng.integers(*count))
     rain = np.zeros((h, w), np.float32)
     layers = []
     for i in range(n):
         near = (i + rng.random()) / n  # 0 = far, 1 = near
         spec = draw(near)
-        rain = 1 - (1 - rain) * (1 - _streak_layer(h, w, rng, spec, angle, blur, jitter))
+        rain = 1 - (1 - rain) * (1 - layer(spec))
         layers.append(spec)
     return rain, layers
 
@@ -198,7 +210,7 @@ def downpour_layers(h: int, w: int, rng: np.random.Generator, angle: float,
                 "width": int(1 + round(near * rng.uniform(0, 1.5))),
                 "intensity": float(rng.uniform(0.45, 0.8) + 0.2 * near)}
 
-    return _layered(h, w, rng, angle, (2, 5), draw, blur=(0.3, 0.6), jitter=4)
+    return _layered(h, w, rng, (2, 5), draw, lambda spec: _streak_layer(h, w, rng, spec, angle, (0.3, 0.6), 4))
 
 
 def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
@@ -213,7 +225,7 @@ def dash_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple
                 "width": int(2 + round(near * rng.uniform(0, 2))),
                 "intensity": float(rng.uniform(0.3, 0.6) + 0.2 * near)}
 
-    return _layered(h, w, rng, angle, (1, 4), draw, blur=(0.6, 1.2), jitter=6)
+    return _layered(h, w, rng, (1, 4), draw, lambda spec: _streak_layer(h, w, rng, spec, angle, (0.6, 1.2), 6))
 
 
 def backlit_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, list[dict]]:
@@ -224,27 +236,15 @@ def backlit_layers(h: int, w: int, rng: np.random.Generator, angle: float) -> tu
     far from it). ``dash`` draws sparse, evenly bright dashes and ``downpour`` long streaks; neither
     looks like this field of speckled short streaks over the whole frame.
     """
-    import cv2
-
-    n = int(rng.integers(3, 6))
-    rain = np.zeros((h, w), np.float32)
-    layers = []
-    for i in range(n):
-        near = (i + rng.random()) / n
-        spec = {"density": float(rng.uniform(0.004, 0.02) * (1.3 - 0.6 * near)),
+    def draw(near: float) -> dict:
+        return {"density": float(rng.uniform(0.004, 0.02) * (1.3 - 0.6 * near)),
                 "length": int(rng.integers(3, 10) + near * rng.integers(0, 15)),
                 "width": int(1 + round(near * rng.uniform(0, 1.4))),
                 "intensity": float(rng.uniform(0.5, 0.8) + 0.2 * near),
                 "blur": float(rng.uniform(0.3, 0.8)),
                 "angle": angle + float(rng.uniform(-8, 8))}
-        # strength u^3: most drops dim, a few as bright as the layer's intensity
-        seeds = (rng.random((h, w), dtype=np.float32) < spec["density"]) * rng.random((h, w), dtype=np.float32) ** 3
-        kernel = _line_kernel(spec["length"], spec["angle"], spec["width"])
-        kernel = cv2.GaussianBlur(kernel, (0, 0), spec["blur"])
-        layer = cv2.filter2D(seeds.astype(np.float32), -1, kernel / kernel.max(), borderType=cv2.BORDER_REFLECT)
-        rain = 1 - (1 - rain) * (1 - np.clip(layer * spec["intensity"], 0, 1))
-        layers.append(spec)
-    return rain, layers
+
+    return _layered(h, w, rng, (3, 6), draw, lambda spec: _drop_layer(h, w, rng, spec))
 
 
 def sheet_layer(h: int, w: int, rng: np.random.Generator, angle: float) -> tuple[np.ndarray, dict]:

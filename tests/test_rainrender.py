@@ -4,19 +4,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from derain_cli.rainrender import (rain_lighting, 
+from derain_cli.rainrender import (
     FAMILIES,
+    GENERAL_EXTRAS,
     RenderConfig,
     StreakTexture,
     parse_mix,
     rain_layer,
+    rain_lighting,
     random_crop,
     render_pair,
     streak_angle,
 )
 from derain_cli.train.data import PatchSampler, RenderSource
 
-NO_EXTRAS = {k: 0.0 for k in ("exposure", "night", "night_clear", "lighting", "haze", "drops", "noise", "jpeg")}
+NO_EXTRAS = {k: 0.0 for k in GENERAL_EXTRAS}
 
 
 def tilted_texture(angle: float, h: int = 160, w: int = 260, seed: int = 0) -> StreakTexture:
