@@ -207,9 +207,10 @@ def test_gentle_weights_derain_and_leave_photos_without_rain_alone():
     assert gentle > 45 and gentle > general + 5, (gentle, general)
 
 
-def test_night_weights_remove_more_lamp_lit_drops_than_general():
-    """What the night tag is for: dense drops lit from behind, at night, rendered on the bundled clean
-    crops (16.8 dB in): general brings them to 20.4 dB, night to 23.3."""
+def test_general_and_night_weights_remove_lamp_lit_drops():
+    """Dense drops lit from behind, at night, rendered on the bundled clean crops (16.8 dB in): the
+    default learnt them (22.6 dB; the general weights before it left them at 20.4), the night tag,
+    trained on them longer, removes more (23.3)."""
     import numpy as np
 
     from derain_cli.api import load_model
@@ -226,7 +227,7 @@ def test_night_weights_remove_more_lamp_lit_drops_than_general():
     before = np.mean([psnr_y(r, t) for r, t in pairs])
     general, night = (np.mean([psnr_y(derainer.process(r), t) for r, t in pairs])
                       for derainer in (load_model(m, device="cpu", threads=1) for m in ("dualstage.general", "dualstage.night")))
-    assert night > before + 5 and night > general + 1.0, (before, general, night)
+    assert general > before + 5 and night > general + 0.5, (before, general, night)
 
 
 @pytest.mark.parametrize("size", [2, 3, 5, 7])
