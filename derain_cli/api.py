@@ -102,6 +102,7 @@ class Derainer:
         ensemble: bool | int = False,
         channels_last: bool = False,
         traits: Traits | None = None,
+        work_size: int = 0,
     ):
         self.spec, self.config, self.net, self.device = spec, config, net, device
         self.traits = traits if traits is not None else spec.traits(config)
@@ -114,6 +115,8 @@ class Derainer:
         #: Called as ``progress(done, total)`` before the first tile and after each, in :meth:`process` (a progress bar),
         #: and as ``progress(done, total, "context")`` while a net computes its image-wide context.
         self.progress: tiling.Progress | None = None
+        #: Long side in pixels at which larger images have their rain found (0 = their own size).
+        self.work_size = work_size
         #: Tile side and overlap used by the last :meth:`process` call (tile 0 = whole image).
         self.last_tile = 0
         self.last_overlap = 0
@@ -272,13 +275,22 @@ class Derainer:
         """Derain ``H x W x 3`` RGB (uint8, uint16 or float32 in [0, 1]); returns the same dtype.
 
         ``tile=0`` picks a tile size from free memory (whole image when it fits);
-        on out-of-memory the tile is halved and the image retried.
+        on out-of-memory the tile is halved and the image retried. With :attr:`work_size`, an image
+        with a longer side has its rain found on a copy that long (:mod:`derain_cli.workscale`).
         """
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
             shape = getattr(rgb, "shape", None)
             raise DerainError(f"expected an H x W x 3 RGB array, got {type(rgb).__name__} of shape {shape}")
         if rgb.dtype not in (np.uint8, np.uint16, np.float32):
             raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {rgb.dtype}")
+        if self.work_size and max(rgb.shape[:2]) > self.work_size:
+            from .workscale import derain_at
+
+            return derain_at(lambda small: self._process_whole(small, tile, tile_overlap), rgb, self.work_size)
+        return self._process_whole(rgb, tile, tile_overlap)
+
+    def _process_whole(self, rgb: np.ndarray, tile: int, tile_overlap: int | None) -> np.ndarray:
+        """:meth:`process` at the image's own size: whole, or in tiles."""
         tile, overlap = self.plan_tile(rgb.shape[0], rgb.shape[1], tile, tile_overlap)
         self.last_overlap = overlap
         if tile and self.shares_context:
@@ -447,6 +459,7 @@ def load_model(
     task: str = "derain",
     notify: Notify = say,
     ensemble: bool | int = False,
+    work_size: int = 0,
 ) -> Derainer:
     """Load a model by registry name (default :func:`registry.default_model`) or from a :class:`ModelSpec`.
 
@@ -454,17 +467,21 @@ def load_model(
     resolution (bundled -> Hugging Face cache -> hub), sha256-checked.
     ``task="rainify"`` returns the clean-to-rainy network of models that have one.
     ``ensemble=True`` averages each image over its four flips (4x the time); ``ensemble=2``
-    over the image and its left-right mirror (2x). A ``weights`` file ending in ``.onnx``
-    (``derain export --onnx``) runs with onnxruntime instead (:mod:`derain_cli.onnx_export`).
+    over the image and its left-right mirror (2x). ``work_size=N`` finds the rain of images longer
+    than N pixels on a copy N pixels long (:mod:`derain_cli.workscale`). A ``weights`` file ending in
+    ``.onnx`` (``derain export --onnx``) runs with onnxruntime instead (:mod:`derain_cli.onnx_export`).
     """
     if task not in TASKS:
         raise DerainError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    check_work_size(work_size)
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         from .onnx_export import load_onnx
 
         flip_views(ensemble)
-        return load_onnx(weights, name.name if isinstance(name, ModelSpec) else name, device=device, threads=threads,
-                         half=half, task=task, notify=notify, ensemble=ensemble)
+        derainer = load_onnx(weights, name.name if isinstance(name, ModelSpec) else name, device=device,
+                             threads=threads, half=half, task=task, notify=notify, ensemble=ensemble)
+        derainer.work_size = work_size
+        return derainer
     spec, variant = _requested_spec(name, weights, variant, task, ensemble)
     devices.set_threads(threads)
     dev = device if isinstance(device, torch.device) else devices.resolve_device(str(device), notify=notify)
@@ -477,7 +494,15 @@ def load_model(
         raise DerainError(f"{spec.name} gives unusable output in half precision; drop --half")
     net, channels_last = _ready(spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant), dev)
     return Derainer(spec, config, net, dev, task=task, variant=variant, dtype=dtype, meta=meta, notify=notify,
-                    ensemble=ensemble, channels_last=channels_last)
+                    ensemble=ensemble, channels_last=channels_last, work_size=work_size)
+
+
+def check_work_size(work_size: int) -> None:
+    """``work_size`` is 0 (off) or a long side the networks can work at."""
+    from .workscale import MIN_WORK_SIZE
+
+    if work_size != 0 and not (isinstance(work_size, int) and work_size >= MIN_WORK_SIZE):
+        raise DerainError(f"--work-size must be 0 (off) or at least {MIN_WORK_SIZE} pixels, not {work_size}")
 
 
 def derain_file(

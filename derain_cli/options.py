@@ -21,6 +21,8 @@ HALF_HELP = ("Reduced precision: bfloat16 autocast (float16 on GPUs without bf16
 TILE_DEFAULT = 0
 TILE_HELP = "Tile size in pixels; 0 = automatic from free memory (the whole image when it fits)."
 THREADS_HELP = "CPU threads for torch (default: torch's own choice)."
+WORK_SIZE_HELP = ("Find the rain of larger photos on a copy this many pixels long, then subtract it at full "
+                  "size: for rain that looks coarse in a big photo (try 1024). 0 = at the photo's own size.")
 
 
 def _with(text: str, note: str) -> str:
@@ -40,6 +42,11 @@ def half_option(note: str = "") -> Any:
 def tile_option(note: str = "") -> Any:
     """``--tile``: the tile side for inference; 0 lets the memory decide."""
     return typer.Option(TILE_DEFAULT, "--tile", help=_with(TILE_HELP, note))
+
+
+def work_size_option(note: str = "") -> Any:
+    """``--work-size``: the long side at which larger photos have their rain found (0 = their own)."""
+    return typer.Option(0, "--work-size", help=_with(WORK_SIZE_HELP, note))
 
 
 def threads_option(note: str = "") -> Any:

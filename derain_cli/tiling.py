@@ -132,13 +132,16 @@ def _scale_of(dtype: np.dtype) -> float:
     raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {dtype}")
 
 
-def unit_tensor(image: np.ndarray) -> torch.Tensor:
-    """``H x W x 3`` uint8/uint16/float32 array -> ``1 x 3 x H x W`` float32 tensor in [0, 1]."""
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """uint8/uint16/float32 array -> float32 array in [0, 1]."""
     scale = _scale_of(image.dtype)
     x = np.ascontiguousarray(image, np.float32)
-    if scale != 1.0:
-        x = x * np.float32(1.0 / scale)
-    return torch.from_numpy(x).permute(2, 0, 1)[None]
+    return x * np.float32(1.0 / scale) if scale != 1.0 else x
+
+
+def unit_tensor(image: np.ndarray) -> torch.Tensor:
+    """``H x W x 3`` uint8/uint16/float32 array -> ``1 x 3 x H x W`` float32 tensor in [0, 1]."""
+    return torch.from_numpy(to_unit(image)).permute(2, 0, 1)[None]
 
 
 def run_tiles(

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import DerainError
-from ..options import device_option, half_option, threads_option, tile_option
+from ..options import device_option, half_option, threads_option, tile_option, work_size_option
 from .run import FlipsOpt, ensemble_views
 
 
@@ -107,6 +107,7 @@ def bench_command(
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (4x slower)."),
     flips: Optional[int] = FlipsOpt,
     half: bool = half_option(),
+    work_size: int = work_size_option(),
 ) -> None:
     """Measure models on a benchmark: PSNR/SSIM (Y), speed, peak memory, parameters; published figures beside.
 
@@ -139,7 +140,7 @@ def bench_command(
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile or None, limit=limit,
                 save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
-                ensemble=views, half=half,
+                ensemble=views, half=half, work_size=work_size,
             ))
 
     out = _stdout_console()

@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import DerainError, one_line
-from ..options import device_option, half_option, out_option, threads_option, tile_option
+from ..options import device_option, half_option, out_option, threads_option, tile_option, work_size_option
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (default: the best shipped model; see `derain models`).")
 WeightsOpt = typer.Option(None, "--weights", help="Use this .safetensors file instead of the registered weights.")
@@ -35,6 +35,7 @@ EnsembleOpt = typer.Option(
 FlipsOpt = typer.Option(
     None, "--flips", help="Average over N flip views: 2 = with the left-right mirror (2x slower), 4 = --ensemble."
 )
+WorkSizeOpt = work_size_option()
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say which device, dtype and tile size are used.")
 MaxPixelsOpt = typer.Option(
     None, "--max-pixels", min=1,
@@ -89,12 +90,13 @@ def model_for(model: Optional[str], weights: Optional[Path]) -> Optional[str]:
     return architecture if isinstance(architecture, str) and architecture else None
 
 
-def _load(model, weights, variant, device, half, threads, verbose, ensemble=1):
-    from ..api import load_model
+def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, work_size=0):
+    from ..api import check_work_size, load_model
 
+    check_work_size(work_size)  # before the model loads
     model = model_for(model, weights)
     derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half,
-                          ensemble=ensemble)
+                          ensemble=ensemble, work_size=work_size)
     if verbose:
         import torch
 
@@ -106,7 +108,8 @@ def _load(model, weights, variant, device, half, threads, verbose, ensemble=1):
         typer.echo(
             f"derain: model {derainer.spec.name} ({derainer.variant}, weights: {source}) on {derainer.device}, "
             f"dtype {derainer.dtype_name}, {torch.get_num_threads()} CPU threads"
-            + (f", {derainer.ensemble}-flip ensemble" if derainer.ensemble > 1 else ""),
+            + (f", {derainer.ensemble}-flip ensemble" if derainer.ensemble > 1 else "")
+            + (f", rain found at {derainer.work_size} px" if derainer.work_size else ""),
             err=True,
         )
     return derainer
@@ -202,6 +205,7 @@ def run(
     ensemble: bool = EnsembleOpt,
     flips: Optional[int] = FlipsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
+    work_size: int = WorkSizeOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain photos; keeps format, bit depth, alpha, orientation, EXIF and colour profile."""
@@ -220,7 +224,8 @@ def run(
         if compare and compare_path(t).resolve() in inputs:
             raise DerainError(f"{compare_path(t)}: refusing to overwrite an input image; choose another output")
 
-    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips))
+    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
+                     work_size)
     failed = 0
     for img, target in zip(images, targets):
         start = time.perf_counter()
@@ -403,6 +408,7 @@ def batch(
     ensemble: bool = EnsembleOpt,
     flips: Optional[int] = FlipsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
+    work_size: int = WorkSizeOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain a folder into OUTDIR with the same names; re-running resumes, failures are listed at the end."""
@@ -433,7 +439,8 @@ def batch(
         _summary(0, skipped, ignored, [], out)
         return
 
-    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips))
+    derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
+                     work_size)
     failures: list[tuple[str, str]] = list(clashes)
     worked, busy = 0, 0.0
     with _progress() as progress:
