@@ -49,6 +49,14 @@ def test_small_size_keeps_the_aspect_and_never_enlarges():
     assert small_size(321, 481, 1024) == (321, 481)
 
 
+def test_a_photo_no_larger_than_the_work_size_is_derained_as_it_is():
+    img = (np.random.default_rng(2).random((90, 120, 3)) * 255).astype(np.uint8)
+    seen = []
+    out = derain_at(lambda x: seen.append(x.shape) or np.clip(x - 0.2, 0, 1), img, 120)
+    assert seen == [(90, 120, 3)]
+    assert np.abs(out.astype(int) - np.clip(img.astype(int) - 51, 0, 255)).max() <= 1
+
+
 def _coarse_rain(scale: int):
     """Rendered streaks on the bundled clean crops, enlarged ``scale`` times with their targets."""
     from derain_cli.imageio import read_rgb8

@@ -91,9 +91,8 @@ def model_for(model: Optional[str], weights: Optional[Path]) -> Optional[str]:
 
 
 def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, work_size=0):
-    from ..api import check_work_size, load_model
+    from ..api import load_model
 
-    check_work_size(work_size)  # before the model loads
     model = model_for(model, weights)
     derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half,
                           ensemble=ensemble, work_size=work_size)
