@@ -1,9 +1,10 @@
 """Make a contact sheet of models side by side on real rainy photos (no ground truth exists for them).
 
-Each ``--row LABEL=MODEL[:VARIANT][@WEIGHTS]`` adds a row; the first row is always the
-input. Photos are downscaled to ``--size`` on their long side (as training loads them),
-derained whole, and a ``--crop`` square from the centre of each is shown, so streaks
-stay visible at the sheet's size. Usage (from the repo root), the two figures in the README:
+Each ``--row LABEL=MODEL[:VARIANT][@WEIGHTS][+workN]`` adds a row (``+workN``: derained with
+``--work-size N``); the first row is always the input. Photos are downscaled to ``--size`` on
+their long side (as training loads them), enlarged ``--enlarge`` times if asked (a camera with
+more pixels), derained whole, and a ``--crop`` square from the centre of each is shown, so
+streaks stay visible at the sheet's size. Usage (from the repo root), the two figures in the README:
 
     python benchmarks/real_rain_sheet.py --out docs/jrgr_real.png --photos 2.jpg 88.jpg 14.jpg 61.jpg \\
         --crop 160 --row "G1 (stage 1)=jrgr:synthetic" --row "G3 (stage 2)=jrgr:real"
@@ -17,6 +18,7 @@ The ``runs/`` files are training outputs (not shipped); the commands that made t
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +32,16 @@ LABEL_W = 120
 GAP = 4
 
 
-def parse_row(text: str) -> tuple[str, str, str, str | None]:
-    """``LABEL=MODEL[:VARIANT][@WEIGHTS]`` -> (label, model, variant, weights)."""
+def parse_row(text: str) -> tuple[str, str, str, str | None, int]:
+    """``LABEL=MODEL[:VARIANT][@WEIGHTS][+workN]`` -> (label, model, variant, weights, work size)."""
     label, sep, rest = text.partition("=")
     if not sep or not label or not rest:
-        raise SystemExit(f"--row must look like LABEL=MODEL[:VARIANT][@WEIGHTS], not {text!r}")
+        raise SystemExit(f"--row must look like LABEL=MODEL[:VARIANT][@WEIGHTS][+workN], not {text!r}")
+    work = re.search(r"\+work(\d+)$", rest)
+    rest = rest[: work.start()] if work else rest
     rest, _, weights = rest.partition("@")
     model, _, variant = rest.partition(":")
-    return label, model, variant or "default", weights or None
+    return label, model, variant or "default", weights or None, int(work.group(1)) if work else 0
 
 
 def fit_long_side(img: np.ndarray, size: int) -> np.ndarray:
@@ -48,6 +52,15 @@ def fit_long_side(img: np.ndarray, size: int) -> np.ndarray:
     if scale >= 1:
         return img
     return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def enlarge(img: np.ndarray, factor: float) -> np.ndarray:
+    import cv2
+
+    if factor == 1:
+        return img
+    h, w = img.shape[:2]
+    return cv2.resize(img, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_CUBIC)
 
 
 def label_strip(text: str, height: int) -> np.ndarray:
@@ -67,6 +80,7 @@ def main() -> None:
     parser.add_argument("--photos", nargs="*", default=list(PHOTOS), help="file names in --data")
     parser.add_argument("--data", type=Path, default=REAL)
     parser.add_argument("--size", type=int, default=1024, help="long side the photos are scaled to")
+    parser.add_argument("--enlarge", type=float, default=1.0, help="then enlarge them this many times (bicubic)")
     parser.add_argument("--crop", type=int, default=200)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -74,11 +88,11 @@ def main() -> None:
     from derain_cli.api import load_model
     from derain_cli.imageio import read_rgb8
 
-    photos = [fit_long_side(read_rgb8(args.data / name), args.size) for name in args.photos]
+    photos = [enlarge(fit_long_side(read_rgb8(args.data / name), args.size), args.enlarge) for name in args.photos]
     rows = [("input", [center_crop(p, args.crop) for p in photos])]
     for text in args.row:
-        label, model, variant, weights = parse_row(text)
-        net = load_model(model, weights=weights, variant=variant, device="cpu", threads=1)
+        label, model, variant, weights, work_size = parse_row(text)
+        net = load_model(model, weights=weights, variant=variant, device="cpu", threads=1, work_size=work_size)
         rows.append((label, [center_crop(net.process(p), args.crop) for p in photos]))
 
     c = args.crop
