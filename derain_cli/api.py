@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -196,9 +197,21 @@ class Derainer:
         image's activations up to the CPU tile budget; beyond, a shared context keeps its maps for the
         whole photo while one tile's activations come and go (checked against `derain run`'s peak
         memory at 12, 24 and 50 MP: docs/inference.md). Flip views are averaged in float arrays.
+        With :attr:`work_size` the network sees at most the copy; the enlarged rain layer's rows
+        and the bands come on top (sides of at most twice the square root of ``pixels`` assumed).
         """
         if self.device.type != "cpu":
             return 0
+        if not self.work_size:
+            return self._whole_bytes(pixels)
+        from .workscale import BAND
+
+        long_side = 2 * math.isqrt(pixels)
+        copy = min(pixels, self.work_size ** 2)
+        return self._whole_bytes(copy) + (self.work_size + 3 * BAND) * long_side * 12
+
+    def _whole_bytes(self, pixels: int) -> int:
+        """:meth:`host_bytes` of the network on a whole photo of ``pixels``."""
         traits = self.traits
         whole = pixels * traits.bytes_per_pixel
         if whole <= tiling.CPU_BUDGET or not self.shares_context:
