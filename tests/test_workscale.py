@@ -97,3 +97,11 @@ def test_work_size_below_the_minimum_is_one_line(tmp_path, monkeypatch, capsys):
     code, _, err = derain(monkeypatch, capsys, "run", src, "--work-size", "50", "-o", tmp_path / "out.png")
     assert code == 2 and "--work-size must be 0 (off) or at least 128 pixels" in err
     assert "Traceback" not in err and not (tmp_path / "out.png").exists()
+
+
+def test_eval_takes_work_size_only_with_a_model(tmp_path, monkeypatch, capsys):
+    for side in ("out", "ref"):
+        (tmp_path / side).mkdir()
+        cv2.imwrite(str(tmp_path / side / "a.png"), np.zeros((40, 56, 3), np.uint8))
+    code, _, err = derain(monkeypatch, capsys, "eval", tmp_path / "out", tmp_path / "ref", "--work-size", "512")
+    assert code == 2 and "--work-size only apply with --model" in err and "Traceback" not in err

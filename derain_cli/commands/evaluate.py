@@ -50,6 +50,7 @@ def eval_command(
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the model over 4 flips of each image (with --model; 4x slower)."),
     flips: Optional[int] = FlipsOpt,
     half: bool = half_option("(with --model)"),
+    work_size: int = work_size_option("(with --model)"),
 ) -> None:
     """Score images against references: PSNR and SSIM on the Y channel (the deraining convention) and RGB PSNR.
 
@@ -65,7 +66,7 @@ def eval_command(
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
                                  ("--tile", tile or None), ("--variant", variant), ("--ensemble", ensemble or None),
-                                 ("--flips", flips), ("--half", half or None))
+                                 ("--flips", flips), ("--half", half or None), ("--work-size", work_size or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
@@ -80,7 +81,7 @@ def eval_command(
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
         derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant,
-                                    ensemble=ensemble_views(ensemble, flips), half=half)
+                                    ensemble=ensemble_views(ensemble, flips), half=half, work_size=work_size)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
