@@ -82,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--work-size", type=int, default=None, help="derain run --work-size")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         clip, out = Path(tmp) / "clip.mp4", Path(tmp) / "clip_derained.mp4"
         frames = make_clip(clip, args.width, args.height, args.seconds, args.fps)
         cmd = [sys.executable, "-m", "derain_cli", "run", str(clip), "-o", str(out), "-v"]
-        for flag, value in (("--model", args.model), ("--threads", args.threads), ("--tile", args.tile)):
+        for flag, value in (("--model", args.model), ("--threads", args.threads), ("--tile", args.tile),
+                            ("--work-size", args.work_size)):
             if value is not None:
                 cmd += [flag, str(value)]
         print("$ derain", " ".join(cmd[3:]).replace(str(tmp), "TMP"), flush=True)
