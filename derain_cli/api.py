@@ -289,14 +289,14 @@ class Derainer:
 
         ``tile=0`` picks a tile size from free memory (whole image when it fits);
         on out-of-memory the tile is halved and the image retried. With :attr:`work_size`, an image
-        with a longer side has its rain found on a copy that long (:mod:`derain_cli.workscale`).
+        with a longer side has its rain found on a copy that long (:mod:`derain_cli.workscale` decides).
         """
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
             shape = getattr(rgb, "shape", None)
             raise DerainError(f"expected an H x W x 3 RGB array, got {type(rgb).__name__} of shape {shape}")
         if rgb.dtype not in (np.uint8, np.uint16, np.float32):
             raise DerainError(f"images must be uint8, uint16 or float32 arrays, not {rgb.dtype}")
-        if self.work_size and max(rgb.shape[:2]) > self.work_size:
+        if self.work_size:
             from .workscale import derain_at
 
             return derain_at(lambda small: self._process_whole(small, tile, tile_overlap), rgb, self.work_size)

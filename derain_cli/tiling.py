@@ -133,10 +133,13 @@ def _scale_of(dtype: np.dtype) -> float:
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
-    """uint8/uint16/float32 array -> float32 array in [0, 1]."""
+    """uint8/uint16/float32 array -> float32 array in [0, 1] (one copy for integers, none for contiguous float32)."""
     scale = _scale_of(image.dtype)
-    x = np.ascontiguousarray(image, np.float32)
-    return x * np.float32(1.0 / scale) if scale != 1.0 else x
+    if scale == 1.0:
+        return np.ascontiguousarray(image, np.float32)
+    x = image.astype(np.float32)
+    x *= np.float32(1.0 / scale)
+    return x
 
 
 def unit_tensor(image: np.ndarray) -> torch.Tensor:
@@ -211,6 +214,7 @@ def _tile_outputs(fn: TileFn, image: np.ndarray, rows: list[Span], cols: list[Sp
     spans = [(r, c) for r in rows for c in cols]
 
     def run(r: Span, c: Span) -> np.ndarray:
+        # a copy, not to_unit's view of float32: the model never holds the caller's array
         patch = image[r.src0 : r.src1, c.src0 : c.src1].astype(np.float32)
         if scale != 1.0:
             patch *= np.float32(1.0 / scale)
