@@ -129,3 +129,24 @@ def test_rain100l_rainy_inputs_give_the_published_input_figures():
     mean = metrics.mean_scores(scores)
     assert round(mean.psnr_y, 2) == 26.90
     assert round(mean.ssim_y, 3) == 0.838
+
+
+def test_tone_oracle_undoes_a_veil_but_not_streaks():
+    """benchmarks/tone_oracle.py (behind docs/models.md's tone figures): a per-channel gain and offset,
+    so a uniform veil is undone to rounding and streaks are left."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tone_oracle.py"
+    spec = importlib.util.spec_from_file_location("tone_oracle", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
+    veiled = (0.6 * clean + np.float64([90, 80, 70])).round().astype(np.uint8)
+    psnr_y = metrics.psnr_y
+    assert psnr_y(veiled, clean) < 20
+    assert psnr_y(oracle.fit_tone(veiled, clean), clean) > 45
+    streaked = clean.copy()
+    streaked[:, ::8] = 255
+    assert psnr_y(oracle.fit_tone(streaked, clean), clean) < psnr_y(streaked, clean) + 3
