@@ -50,7 +50,7 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "
 
 #: Probability of each extra per pair.
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "night_clear": 0.25, "lighting": 0.5, "haze": 0.3,
-                                    "drops": 0.15, "noise": 0.4, "jpeg": 0.4}
+                                    "drops": 0.15, "noise": 0.4, "jpeg": 0.4, "coarse": 0.0}
 
 #: The extras with every pair at night and raining: what `derain synth --night` and the night figures show.
 NIGHT_EXTRAS: dict[str, float] = {**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0}
@@ -334,6 +334,25 @@ def rain_layer(family: str, h: int, w: int, rng: np.random.Generator,
     return layer, {"family": family, "angle": angle, "layers": layers}
 
 
+def coarse_rain_layer(family: str, h: int, w: int, rng: np.random.Generator, bank: list[StreakTexture] | None,
+                      chance: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`rain_layer`, drawn ``1.5-4`` times coarser with probability ``chance``: the same rain as a
+    camera with that many more pixels across sees it, over a background that keeps its own detail.
+
+    Photos of 12-50 megapixels hold rain many pixels wide, which networks trained on 0.15-0.5
+    megapixel pairs leave. The layer is rendered on a grid that much smaller and enlarged
+    (bicubic). With ``chance`` 0 no number is drawn, so earlier recipes render what they did.
+    """
+    if not chance or rng.random() >= chance:
+        return rain_layer(family, h, w, rng, bank)
+    import cv2
+
+    scale = float(np.exp(rng.uniform(np.log(1.5), np.log(4.0))))
+    small, params = rain_layer(family, max(8, round(h / scale)), max(8, round(w / scale)), rng, bank)
+    layer = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
+    return layer, {**params, "coarse": scale}
+
+
 # -- what else real photos carry -------------------------------------------------------------
 def expose(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Exposure gain, gamma and white balance: a camera's rendering, shared by input and target."""
@@ -490,7 +509,9 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
     family = kinds[int(rng.choice(len(kinds), p=p))]
     if "night" in params and ex.get("night_clear", 0) and rng.random() < ex["night_clear"]:
         family = "none"  # a night without rain: dark water and lit textures are not rain to remove
-    layer, params["rain"] = rain_layer(family, h, w, rng, cfg.bank)
+    layer, params["rain"] = coarse_rain_layer(family, h, w, rng, cfg.bank, ex.get("coarse", 0))
+    if "coarse" in params["rain"]:  # recorded beside the other extras
+        params["coarse"] = {"scale": params["rain"].pop("coarse")}
     # rain is light: it adds to the scene, dimmer where the scene is far
     fade = 1.0 - float(rng.uniform(0, 0.5)) * depth
     if "night" in params or rng.random() < ex.get("lighting", 0):  # at night only lamps light the rain

@@ -350,3 +350,20 @@ def test_backlit_rain_is_many_short_drops_most_dim_a_few_bright():
     for _, p in layers("backlit"):
         assert 3 <= len(p["layers"]) <= 5
         assert all(3 <= layer["length"] <= 22 and 1 <= layer["width"] <= 2 for layer in p["layers"])
+
+
+def test_coarse_rain_is_the_same_rain_wider_and_off_draws_nothing():
+    from derain_cli.rainrender import coarse_rain_layer
+
+    fine, coarse = [], []
+    for seed in range(8):
+        layer, p = coarse_rain_layer("light", 192, 192, np.random.default_rng(seed), None, 1.0)
+        assert 1.5 <= p["coarse"] <= 4.0 and p["family"] == "light"
+        assert layer.shape == (192, 192) and 0 <= layer.min() and layer.max() <= 1
+        coarse.append(run_width(layer))
+        fine.append(run_width(rain_layer("light", 192, 192, np.random.default_rng(seed))[0]))
+    assert np.mean(coarse) > 1.5 * np.mean(fine)
+    # chance 0 (every recipe before the extra existed) renders bit-identically, drawing nothing extra
+    plain, _ = rain_layer("downpour", 96, 128, np.random.default_rng(5))
+    off, p = coarse_rain_layer("downpour", 96, 128, np.random.default_rng(5), None, 0.0)
+    assert "coarse" not in p and np.array_equal(plain, off)
