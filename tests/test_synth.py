@@ -205,8 +205,15 @@ def test_synth_cli_training_families_and_their_errors(tiny_pairs: Path, tmp_path
         (("--rain", "downpour", "--fog", "0.3"), "draw their own haze"),
         (("--rain", "downpour=x"), "must be a number"),
         (("--rain", "downpour", "--clean", str(tiny_pairs / "rainy")), "--clean is for rainy inputs"),
+        (("--rain", "heavy", "--extras", "coarse=1"), "--extras goes with the training families"),
+        (("--rain", "general", "--extras", "hail=1"), "unknown extra 'hail'"),
+        (("--rain", "general", "--extras", "coarse=2"), "between 0 and 1"),
     ):
         res = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "bad"), *args)
         lines = res.stderr.strip().splitlines()
         assert res.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
     assert not (tmp_path / "bad").exists()
+    ok = _cli(str(tiny_pairs / "clean"), "-o", str(tmp_path / "c"), "--rain", "dash", "--night", "--extras", "coarse=1,noise=0")
+    assert ok.returncode == 0, ok.stderr
+    params = json.loads((tmp_path / "c" / "params" / "000.json").read_text())
+    assert 1.5 <= params["coarse"]["scale"] <= 4 and "night" in params and "noise" not in params

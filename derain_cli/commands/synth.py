@@ -27,6 +27,8 @@ def synth(
     data: Optional[Path] = typer.Option(None, "--data", help="Data root holding rain100l/ (for --eval-set)."),
     night: bool = typer.Option(False, "--night", help="Render every image at night (dark scene, lamp-lit rain), as "
                                "training does for 12% of its pairs; with the training families."),
+    extras: Optional[str] = typer.Option(None, "--extras", help="How often each extra is drawn, as derain train's "
+                                         "--render-extras (e.g. coarse=1,noise=0); with the training families."),
 ) -> None:
     """Render rain streaks and fog with I = T*(J+R) + (1-T)*A; writes the parameters as JSON.
 
@@ -58,7 +60,9 @@ def synth(
         raise DerainError("missing source folder (or use --eval-set NAME --data DIR)")
     if night and rain in RAIN_CHOICES:
         raise DerainError("--night goes with the training families (--rain general, downpour, ...), not the presets")
-    render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog, night)
+    if extras is not None and rain in RAIN_CHOICES:
+        raise DerainError("--extras goes with the training families (--rain general, downpour, ...), not the presets")
+    render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog, night, extras)
     try:
         parse_fog(fog)
     except ValueError as exc:
@@ -67,9 +71,11 @@ def synth(
     console.print(f"wrote {n} images to {out}")
 
 
-def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = False):
-    """The training renderer's config for ``--rain`` = a family, ``general`` or a mix (``night``: always at night)."""
-    from ..rainrender import FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank, parse_mix
+def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = False, extras: Optional[str] = None):
+    """The training renderer's config for ``--rain`` = a family, ``general`` or a mix (``night``: always at
+    night; ``extras``: ``--render-extras``' text, over the night or day defaults)."""
+    from ..rainrender import (FAMILIES, GENERAL_EXTRAS, GENERAL_MIX, NIGHT_EXTRAS, RenderConfig, load_streak_bank,
+                              parse_extras, parse_mix)
     from ..synth import RAIN_CHOICES
 
     if rain != "general" and rain not in FAMILIES and "=" not in rain and "," not in rain:
@@ -82,8 +88,17 @@ def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = 
         mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
         if rain == "general" and streaks is None:
             mix.pop("photoreal")
-        extras = dict(NIGHT_EXTRAS if night else GENERAL_EXTRAS)
-        return RenderConfig(mix=mix, extras=extras, bank=load_streak_bank(streaks) if streaks else None)
+        drawn = dict(NIGHT_EXTRAS if night else GENERAL_EXTRAS)
+    except ValueError as exc:
+        raise DerainError(f"--rain {rain}: {exc}") from None
+    if extras is not None:
+        try:
+            changed = parse_extras(extras)
+        except ValueError as exc:
+            raise DerainError(f"--extras: {exc}") from None
+        drawn.update({k: changed[k] for k in parse_mix(extras)})  # only those named, over --night's
+    try:
+        return RenderConfig(mix=mix, extras=drawn, bank=load_streak_bank(streaks) if streaks else None)
     except (OSError, ValueError) as exc:
         raise DerainError(f"--rain {rain}: {exc}") from None
 
