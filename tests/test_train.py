@@ -488,6 +488,13 @@ def test_render_extras_change_the_extras_and_are_kept_on_resume(tiny_pairs, monk
     code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "6", "-q",
                           "--render-extras", "night=0")
     assert code != 0 and "--render-extras" in err and "contradicts" in err and len(err.strip().splitlines()) == 1, err
+    # a run pinned before an extra existed (here: coarse) resumes with the same --render-extras
+    state = json.loads((run / "last" / "state.json").read_text())
+    del state["extra"]["options"]["render"]["extras"]["coarse"]
+    (run / "last" / "state.json").write_text(json.dumps(state))
+    code, _, err = derain(monkeypatch, capsys, "train", "--resume", run, "--steps", "6", "-q",
+                          "--render-extras", "night=1,jpeg=0")
+    assert code == 0, err
 
 
 def test_resume_keeps_the_plan_a_time_budget_shortened(tiny_pairs, monkeypatch, capsys):

@@ -73,7 +73,10 @@ def _saved_and_given(name: str, value: Any, saved: dict[str, Any]) -> tuple[Any,
             from ..rainrender import parse_extras, parse_mix
 
             given = (parse_mix if name == "render_mix" else parse_extras)(value)
-        return (saved.get("render") or {}).get(key), given
+        was = (saved.get("render") or {}).get(key)
+        if name == "render_extras" and isinstance(was, dict):  # a run pinned before an extra existed never drew it
+            was = {**{k: 0.0 for k in given}, **was}
+        return was, given
     if name == "half":  # --half is recorded under its old name
         return saved.get("bf16"), value
     if name == "stage":
