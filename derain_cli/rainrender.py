@@ -90,15 +90,15 @@ def parse_mix(text: str) -> dict[str, float]:
     return out
 
 
-def parse_extras(text: str) -> dict[str, float]:
-    """``"night=0,noise=0.6"`` -> every extra's probability: :data:`GENERAL_EXTRAS` with those changed."""
+def parse_extras(text: str, base: dict[str, float] = GENERAL_EXTRAS) -> dict[str, float]:
+    """``"night=0,noise=0.6"`` -> every extra's probability: ``base`` (:data:`GENERAL_EXTRAS`) with those changed."""
     changed = parse_mix(text)
     for name, p in changed.items():
         if name not in GENERAL_EXTRAS:
             raise ValueError(f"unknown extra {name!r}; choose from {', '.join(GENERAL_EXTRAS)}")
         if not 0 <= p <= 1:
             raise ValueError(f"{name}={p:g}: a probability is between 0 and 1")
-    return {**GENERAL_EXTRAS, **changed}
+    return {**base, **changed}
 
 
 @dataclass(frozen=True)

@@ -85,19 +85,13 @@ def training_render(rain: str, streaks: Optional[Path], fog: str, night: bool = 
     if fog.strip() not in ("0", "0.0"):
         raise DerainError("--fog goes with the physical presets; the training families draw their own haze")
     try:
+        drawn = parse_extras(extras or "", NIGHT_EXTRAS if night else GENERAL_EXTRAS)
+    except ValueError as exc:
+        raise DerainError(f"--extras: {exc}") from None
+    try:
         mix = dict(GENERAL_MIX) if rain == "general" else parse_mix(rain)
         if rain == "general" and streaks is None:
             mix.pop("photoreal")
-        drawn = dict(NIGHT_EXTRAS if night else GENERAL_EXTRAS)
-    except ValueError as exc:
-        raise DerainError(f"--rain {rain}: {exc}") from None
-    if extras is not None:
-        try:
-            changed = parse_extras(extras)
-        except ValueError as exc:
-            raise DerainError(f"--extras: {exc}") from None
-        drawn.update({k: changed[k] for k in parse_mix(extras)})  # only those named, over --night's
-    try:
         return RenderConfig(mix=mix, extras=drawn, bank=load_streak_bank(streaks) if streaks else None)
     except (OSError, ValueError) as exc:
         raise DerainError(f"--rain {rain}: {exc}") from None
