@@ -24,7 +24,8 @@ carry, and returns the rainy input and the clean target:
 Extras, each drawn per pair: exposure, white balance and depth haze (the scene's, applied
 to the target too), night (a dark scene under lamps, rain lit bright against it; a quarter of
 the nights without rain), uneven lighting of the rain, out-of-focus near drops, sensor noise and
-JPEG compression of the rainy input. The target never gets rain, drops, noise or JPEG.
+JPEG compression of the rainy input; off unless asked, coarser rain and an accumulation veil drawn
+apart from the streaks' density. The target never gets rain, drops, noise or JPEG.
 
 Everything random comes from one ``numpy.random.Generator``, so a seed (or a
 saved generator state) reproduces a pair bit for bit.
@@ -50,7 +51,8 @@ GENERAL_MIX: dict[str, float] = {"fine": 0.15, "light": 0.1, "moderate": 0.15, "
 
 #: Probability of each extra per pair.
 GENERAL_EXTRAS: dict[str, float] = {"exposure": 0.6, "night": 0.12, "night_clear": 0.25, "lighting": 0.5, "haze": 0.3,
-                                    "drops": 0.15, "noise": 0.4, "jpeg": 0.4, "coarse": 0.0}
+                                    "drops": 0.15, "noise": 0.4, "jpeg": 0.4, "coarse": 0.0,
+                                    "downpour_clear": 0.0, "veil": 0.0}
 
 #: The extras with every pair at night and raining: what `derain synth --night` and the night figures show.
 NIGHT_EXTRAS: dict[str, float] = {**GENERAL_EXTRAS, "night": 1.0, "night_clear": 0.0}
@@ -480,6 +482,22 @@ def jpeg(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     return out, {"quality": q}
 
 
+def _veiled(family: str, extras: dict[str, float], rng: np.random.Generator) -> bool:
+    """Whether the rain's accumulation veil goes over this pair: a downpour's, unless ``downpour_clear``
+    draws it clear; a lighter rain's (not a sheet's, which has its own floor) with probability ``veil``.
+
+    Always veiling a downpour and nothing else ties the veil to dense streaks, and a model then
+    darkens every bright sky behind dense streaks and leaves a veil behind sparse ones; drawn apart,
+    it must find the veil in the photo itself (lifted shadows, lost contrast). At 0 neither draws a
+    number, so earlier recipes render what they did.
+    """
+    if family == "downpour":
+        p = extras.get("downpour_clear", 0)
+        return not (p and rng.random() < p)
+    p = extras.get("veil", 0)
+    return family not in ("sheet", "none") and bool(p) and rng.random() < p
+
+
 def render_pair(clean: np.ndarray, rng: np.random.Generator,
                 cfg: RenderConfig | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(rainy, target, params)`` for a float ``H x W x 3`` clean image in [0, 1].
@@ -522,7 +540,7 @@ def render_pair(clean: np.ndarray, rng: np.random.Generator,
         rainy = 1 - (1 - x) * (1 - (layer * fade)[..., None] * tint)
     else:
         rainy = x + (layer * fade)[..., None] * tint
-    if family == "downpour":
+    if _veiled(family, ex, rng):
         rainy, params["accumulation"] = accumulate(rainy, rng, ambient)
     if rng.random() < ex.get("drops", 0):
         rainy, params["drops"] = near_drops(np.clip(rainy, 0, 1), rng)

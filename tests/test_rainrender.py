@@ -149,7 +149,8 @@ def test_the_target_gets_the_exposure_and_the_scene_haze_and_nothing_else():
     exposed = exposed ** n["gamma"] * n["gain"] * np.array(n["lamp"], np.float32)
     t = (target - np.array(hz["atmospheric_light"], np.float32)) / (exposed - np.array(hz["atmospheric_light"]))
     assert np.allclose(t, t[..., :1], atol=1e-3) and 0 < t.min() and t.max() <= 1 + 1e-4  # one transmission a pixel
-    assert set(p) >= {*every, "rain"}
+    # the veil extras are recorded as the veil they drew (fine rain: ``veil``, never ``downpour_clear``)
+    assert set(p) >= {*every, "rain", "accumulation"} - {"veil", "downpour_clear"}
     assert np.abs(rainy - target).mean() > 0.01
 
 
@@ -367,3 +368,30 @@ def test_coarse_rain_is_the_same_rain_wider_and_off_draws_nothing():
     plain, _ = rain_layer("downpour", 96, 128, np.random.default_rng(5))
     off, p = coarse_rain_layer("downpour", 96, 128, np.random.default_rng(5), None, 0.0)
     assert "coarse" not in p and np.array_equal(plain, off)
+
+
+def test_the_veil_is_drawn_apart_from_the_streaks_and_off_draws_nothing():
+    clean = np.random.default_rng(0).uniform(0.05, 0.5, (64, 64, 3)).astype(np.float32)
+    base = {**NO_EXTRAS}
+
+    def veiled(family: str, seed: int, **extras: float) -> bool:
+        cfg = RenderConfig(mix={family: 1.0}, extras={**base, **extras})
+        return "accumulation" in render_pair(clean, np.random.default_rng(seed), cfg)[2]
+
+    # today's pairs: every downpour veiled, no other family
+    assert all(veiled("downpour", s) for s in range(6)) and not any(veiled("dash", s) for s in range(6))
+    # downpour_clear: a share of the downpours comes without its veil; veil: a share of the lighter rain gets one
+    clear = [veiled("downpour", s, downpour_clear=0.5) for s in range(40)]
+    lit = [veiled("dash", s, veil=0.5) for s in range(40)]
+    assert 8 <= clear.count(False) <= 32 and 8 <= lit.count(True) <= 32
+    assert not any(veiled("sheet", s, veil=1.0) for s in range(6))  # a sheet has its own floor
+    # a veiled pair's input has lifted shadows, its target none
+    cfg = RenderConfig(mix={"dash": 1.0}, extras={**base, "veil": 1.0})
+    rainy, target, p = render_pair(clean, np.random.default_rng(2), cfg)
+    assert np.percentile(rainy, 1) > np.percentile(target, 1) + 0.02
+    # at 0 (every recipe before these extras existed) the same pair, drawing nothing extra
+    for family in ("downpour", "dash"):
+        a = render_pair(clean, np.random.default_rng(7), RenderConfig(mix={family: 1.0}, extras=base))
+        old = {k: v for k, v in base.items() if k not in ("veil", "downpour_clear")}
+        b = render_pair(clean, np.random.default_rng(7), RenderConfig(mix={family: 1.0}, extras=old))
+        assert np.array_equal(a[0], b[0]) and a[2] == b[2]
