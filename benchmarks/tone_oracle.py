@@ -28,6 +28,12 @@ def fit_tone(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.clip(fitted, 0, 255).round().astype(np.uint8)
 
 
+def mean_y_offset(output: np.ndarray, reference: np.ndarray) -> float:
+    """Mean luma (BT.601, 0-255) of ``output`` minus ``reference``'s: > 0, a veil left; < 0, the photo darkened."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return float((output.astype(np.float64) @ weights).mean() - (reference.astype(np.float64) @ weights).mean())
+
+
 def main() -> None:
     from derain_cli.datasets import pair_by_stem
     from derain_cli.errors import DerainError
@@ -48,7 +54,8 @@ def main() -> None:
         if out.ndim != 3 or ref.ndim != 3:
             raise SystemExit(f"{pair.stem}: colour images only")
         rows.append((pair.stem, psnr_y(out, ref), psnr_y(fit_tone(out, ref), ref)))
-        print(f"{pair.stem:24s} output {rows[-1][1]:6.2f}  tone oracle {rows[-1][2]:6.2f}")
+        print(f"{pair.stem:24s} output {rows[-1][1]:6.2f}  tone oracle {rows[-1][2]:6.2f}  "
+              f"mean Y {mean_y_offset(out, ref):+6.1f} levels")
     mean = np.mean([r[1:] for r in rows], axis=0)
     print(f"{'mean of ' + str(len(rows)):24s} output {mean[0]:6.2f}  tone oracle {mean[1]:6.2f}  (Y-PSNR, dB)")
 

@@ -150,3 +150,5 @@ def test_tone_oracle_undoes_a_veil_but_not_streaks():
     streaked = clean.copy()
     streaked[:, ::8] = 255
     assert psnr_y(oracle.fit_tone(streaked, clean), clean) < psnr_y(streaked, clean) + 3
+    # the sign says which way the tone is off: a veil left is positive, a darkened photo negative
+    assert oracle.mean_y_offset(veiled, clean) > 10 > -10 > oracle.mean_y_offset(clean // 2, clean)
