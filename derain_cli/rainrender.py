@@ -486,10 +486,10 @@ def _veiled(family: str, extras: dict[str, float], rng: np.random.Generator) -> 
     """Whether the rain's accumulation veil goes over this pair: a downpour's, unless ``downpour_clear``
     draws it clear; a lighter rain's (not a sheet's, which has its own floor) with probability ``veil``.
 
-    Always veiling a downpour and nothing else ties the veil to dense streaks, and a model then
-    darkens every bright sky behind dense streaks and leaves a veil behind sparse ones; drawn apart,
-    it must find the veil in the photo itself (lifted shadows, lost contrast). At 0 neither draws a
-    number, so earlier recipes render what they did.
+    Always veiling a downpour and nothing else ties the veil to dense streaks, so a model learns to
+    remove a veil only where it sees them; drawn apart, it must find the veil in the photo itself
+    (lifted shadows, lost contrast). At 0 neither draws a number, so earlier recipes render what
+    they did.
     """
     if family == "downpour":
         p = extras.get("downpour_clear", 0)
