@@ -152,3 +152,20 @@ def test_tone_oracle_undoes_a_veil_but_not_streaks():
     assert psnr_y(oracle.fit_tone(streaked, clean), clean) < psnr_y(streaked, clean) + 3
     # the sign says which way the tone is off: a veil left is positive, a darkened photo negative
     assert oracle.mean_y_offset(veiled, clean) > 10 > -10 > oracle.mean_y_offset(clean // 2, clean)
+
+
+def test_veil_probe_measures_the_share_of_the_veil_left():
+    """benchmarks/veil_probe.py (behind docs/models.md's veil figures): 1 when nothing is removed, 0 when all is."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "veil_probe.py"
+    spec = importlib.util.spec_from_file_location("veil_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    clean = np.random.default_rng(0).uniform(0.05, 0.6, (32, 48, 3)).astype(np.float32)
+    none = np.zeros((32, 48), np.float32)
+    assert abs(probe.veil_left(lambda x: x, clean, none) - 1) < 0.02
+    assert abs(probe.veil_left(lambda x: (clean * 255 + 0.5).astype(np.uint8), clean, none)) < 0.02
+    half = probe.veil_left(lambda x: ((x.astype(np.float32) + clean * 255) / 2 + 0.5).astype(np.uint8), clean, none)
+    assert 0.45 < half < 0.55
