@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from benchscripts import benchmark_script
 from conftest import SHARED_DATA, make_rainy_pair, needs_shared_data
 from derain_cli import metrics
 from derain_cli.errors import ImageError
@@ -134,13 +135,7 @@ def test_rain100l_rainy_inputs_give_the_published_input_figures():
 def test_tone_oracle_undoes_a_veil_but_not_streaks():
     """benchmarks/tone_oracle.py (behind docs/models.md's tone figures): a per-channel gain and offset,
     so a uniform veil is undone to rounding and streaks are left."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tone_oracle.py"
-    spec = importlib.util.spec_from_file_location("tone_oracle", path)
-    oracle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(oracle)
+    oracle = benchmark_script("tone_oracle")
     rng = np.random.default_rng(0)
     clean = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
     veiled = (0.6 * clean + np.float64([90, 80, 70])).round().astype(np.uint8)
@@ -156,13 +151,7 @@ def test_tone_oracle_undoes_a_veil_but_not_streaks():
 
 def test_veil_probe_measures_the_share_of_the_veil_left():
     """benchmarks/veil_probe.py (behind docs/models.md's veil figures): 1 when nothing is removed, 0 when all is."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "veil_probe.py"
-    spec = importlib.util.spec_from_file_location("veil_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = benchmark_script("veil_probe")
     clean = np.random.default_rng(0).uniform(0.05, 0.6, (32, 48, 3)).astype(np.float32)
     none = np.zeros((32, 48), np.float32)
     assert abs(probe.veil_left(lambda x: x, clean, none) - 1) < 0.02

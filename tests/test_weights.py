@@ -442,15 +442,12 @@ def test_real_model_round_trip(env):
 
 def test_average_weights_is_the_tensor_mean_and_refuses_other_configs(tmp_path):
     """benchmarks/average_weights.py (how a shipped file may be made) averages what it says it does."""
-    import importlib.util
-
     import torch
+    from benchscripts import benchmark_script
 
     from derain_cli.weightfile import load_weights
 
-    spec = importlib.util.spec_from_file_location("average_weights", REPO / "benchmarks" / "average_weights.py")
-    avg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(avg)
+    avg = benchmark_script("average_weights")
     a, b, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "o.safetensors"
     make_weights(a, seed=1)
     make_weights(b, seed=2)
