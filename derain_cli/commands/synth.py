@@ -58,10 +58,11 @@ def synth(
         return
     if src is None:
         raise DerainError("missing source folder (or use --eval-set NAME --data DIR)")
-    if night and rain in RAIN_CHOICES:
-        raise DerainError("--night goes with the training families (--rain general, downpour, ...), not the presets")
-    if extras is not None and rain in RAIN_CHOICES:
-        raise DerainError("--extras goes with the training families (--rain general, downpour, ...), not the presets")
+    if rain in RAIN_CHOICES:  # the physical presets draw no training extras
+        for flag, given in (("--night", night), ("--extras", extras is not None)):
+            if given:
+                raise DerainError(f"{flag} goes with the training families (--rain general, downpour, ...), "
+                                  "not the presets")
     render = None if rain in RAIN_CHOICES else training_render(rain, streaks, fog, night, extras)
     try:
         parse_fog(fog)
