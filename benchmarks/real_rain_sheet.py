@@ -1,7 +1,7 @@
 """Make a contact sheet of models side by side on real rainy photos (no ground truth exists for them).
 
-Each ``--row LABEL=MODEL[:VARIANT][@WEIGHTS][+workN]`` adds a row (``+workN``: derained with
-``--work-size N``); the first row is always the input. Photos are downscaled to ``--size`` on
+Each ``--row LABEL=MODEL[:VARIANT][@WEIGHTS][+workN[-copy]]`` adds a row (``+workN``: derained with
+``--work-size N``, ``-copy`` adding ``--copy-only``); the first row is always the input. Photos are downscaled to ``--size`` on
 their long side (as training loads them), enlarged ``--enlarge`` times if asked (a camera with
 more pixels), derained whole, and a ``--crop`` square from the centre of each is shown, so
 streaks stay visible at the sheet's size. Usage (from the repo root), the two figures in the README:
@@ -32,16 +32,17 @@ LABEL_W = 120
 GAP = 4
 
 
-def parse_row(text: str) -> tuple[str, str, str, str | None, int]:
-    """``LABEL=MODEL[:VARIANT][@WEIGHTS][+workN]`` -> (label, model, variant, weights, work size)."""
+def parse_row(text: str) -> tuple[str, str, str, str | None, int, bool]:
+    """``LABEL=MODEL[:VARIANT][@WEIGHTS][+workN[-copy]]`` -> (label, model, variant, weights, work size, copy only)."""
     label, sep, rest = text.partition("=")
     if not sep or not label or not rest:
-        raise SystemExit(f"--row must look like LABEL=MODEL[:VARIANT][@WEIGHTS][+workN], not {text!r}")
-    work = re.search(r"\+work(\d+)$", rest)
+        raise SystemExit(f"--row must look like LABEL=MODEL[:VARIANT][@WEIGHTS][+workN[-copy]], not {text!r}")
+    work = re.search(r"\+work(\d+)(-copy)?$", rest)
     rest = rest[: work.start()] if work else rest
     rest, _, weights = rest.partition("@")
     model, _, variant = rest.partition(":")
-    return label, model, variant or "default", weights or None, int(work.group(1)) if work else 0
+    return (label, model, variant or "default", weights or None, int(work.group(1)) if work else 0,
+            bool(work and work.group(2)))
 
 
 def fit_long_side(img: np.ndarray, size: int) -> np.ndarray:
@@ -91,8 +92,9 @@ def main() -> None:
     photos = [enlarge(fit_long_side(read_rgb8(args.data / name), args.size), args.enlarge) for name in args.photos]
     rows = [("input", [center_crop(p, args.crop) for p in photos])]
     for text in args.row:
-        label, model, variant, weights, work_size = parse_row(text)
-        net = load_model(model, weights=weights, variant=variant, device="cpu", threads=1, work_size=work_size)
+        label, model, variant, weights, work_size, copy_only = parse_row(text)
+        net = load_model(model, weights=weights, variant=variant, device="cpu", threads=1, work_size=work_size,
+                         copy_only=copy_only)
         rows.append((label, [center_crop(net.process(p), args.crop) for p in photos]))
 
     c = args.crop

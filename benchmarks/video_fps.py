@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--work-size", type=int, default=None, help="derain run --work-size")
+    ap.add_argument("--copy-only", action="store_true", help="derain run --copy-only (with --work-size)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("--work-size", args.work_size)):
             if value is not None:
                 cmd += [flag, str(value)]
+        cmd += ["--copy-only"] if args.copy_only else []
         print("$ derain", " ".join(cmd[3:]).replace(str(tmp), "TMP"), flush=True)
         start = time.perf_counter()
         done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)

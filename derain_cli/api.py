@@ -104,6 +104,7 @@ class Derainer:
         channels_last: bool = False,
         traits: Traits | None = None,
         work_size: int = 0,
+        copy_only: bool = False,
     ):
         self.spec, self.config, self.net, self.device = spec, config, net, device
         self.traits = traits if traits is not None else spec.traits(config)
@@ -118,6 +119,8 @@ class Derainer:
         self.progress: tiling.Progress | None = None
         #: Long side in pixels at which larger images have their rain found (0 = their own size).
         self.work_size = work_size
+        #: With :attr:`work_size`: derain only the copy, not also the photo at its own size (fast, fine rain stays).
+        self.copy_only = copy_only
         #: Tile side and overlap used by the last :meth:`process` call (tile 0 = whole image).
         self.last_tile = 0
         self.last_overlap = 0
@@ -197,8 +200,9 @@ class Derainer:
         image's activations up to the CPU tile budget; beyond, a shared context keeps its maps for the
         whole photo while one tile's activations come and go (checked against `derain run`'s peak
         memory at 12, 24 and 50 MP: docs/inference.md). Flip views are averaged in float arrays.
-        With :attr:`work_size` the network sees at most the copy; the enlarged rain layer's rows
-        and the bands come on top (sides of at most twice the square root of ``pixels`` assumed).
+        With :attr:`work_size` the network sees the copy; the enlarged rain layer's rows and the bands
+        come on top (sides of at most twice the square root of ``pixels`` assumed); unless
+        :attr:`copy_only`, the photo at its own size too, while the copy's result waits in float32 at most.
         """
         if self.device.type != "cpu":
             return 0
@@ -207,8 +211,8 @@ class Derainer:
         from .workscale import BAND
 
         long_side = 2 * math.isqrt(pixels)
-        copy = min(pixels, self.work_size ** 2)
-        return self._whole_bytes(copy) + (self.work_size + 3 * BAND) * long_side * 12
+        copy = self._whole_bytes(min(pixels, self.work_size ** 2)) + (self.work_size + 3 * BAND) * long_side * 12
+        return copy if self.copy_only else max(copy, self._whole_bytes(pixels)) + pixels * 12
 
     def _whole_bytes(self, pixels: int) -> int:
         """:meth:`host_bytes` of the network on a whole photo of ``pixels``."""
@@ -289,7 +293,8 @@ class Derainer:
 
         ``tile=0`` picks a tile size from free memory (whole image when it fits);
         on out-of-memory the tile is halved and the image retried. With :attr:`work_size`, an image
-        with a longer side has its rain found on a copy that long (:mod:`derain_cli.workscale` decides).
+        with a longer side has its rain found on a copy that long too (only there with :attr:`copy_only`;
+        :mod:`derain_cli.workscale` joins the two).
         """
         if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
             shape = getattr(rgb, "shape", None)
@@ -299,7 +304,10 @@ class Derainer:
         if self.work_size:
             from .workscale import derain_at
 
-            return derain_at(lambda small: self._process_whole(small, tile, tile_overlap), rgb, self.work_size)
+            def whole(x: np.ndarray) -> np.ndarray:
+                return self._process_whole(x, tile, tile_overlap)
+
+            return derain_at(whole, rgb, self.work_size, full=None if self.copy_only else lambda: whole(rgb))
         return self._process_whole(rgb, tile, tile_overlap)
 
     def _process_whole(self, rgb: np.ndarray, tile: int, tile_overlap: int | None) -> np.ndarray:
@@ -473,6 +481,7 @@ def load_model(
     notify: Notify = say,
     ensemble: bool | int = False,
     work_size: int = 0,
+    copy_only: bool = False,
 ) -> Derainer:
     """Load a model by registry name (default :func:`registry.default_model`) or from a :class:`ModelSpec`.
 
@@ -481,19 +490,20 @@ def load_model(
     ``task="rainify"`` returns the clean-to-rainy network of models that have one.
     ``ensemble=True`` averages each image over its four flips (4x the time); ``ensemble=2``
     over the image and its left-right mirror (2x). ``work_size=N`` finds the rain of images longer
-    than N pixels on a copy N pixels long (:mod:`derain_cli.workscale`). A ``weights`` file ending in
+    than N pixels on a copy N pixels long as well as at their own size (``copy_only``: on the copy
+    alone; :mod:`derain_cli.workscale`). A ``weights`` file ending in
     ``.onnx`` (``derain export --onnx``) runs with onnxruntime instead (:mod:`derain_cli.onnx_export`).
     """
     if task not in TASKS:
         raise DerainError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    check_work_size(work_size)
+    check_work_size(work_size, copy_only)
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         from .onnx_export import load_onnx
 
         flip_views(ensemble)
         derainer = load_onnx(weights, name.name if isinstance(name, ModelSpec) else name, device=device,
                              threads=threads, half=half, task=task, notify=notify, ensemble=ensemble)
-        derainer.work_size = work_size
+        derainer.work_size, derainer.copy_only = work_size, copy_only
         return derainer
     spec, variant = _requested_spec(name, weights, variant, task, ensemble)
     devices.set_threads(threads)
@@ -507,15 +517,17 @@ def load_model(
         raise DerainError(f"{spec.name} gives unusable output in half precision; drop --half")
     net, channels_last = _ready(spec.rainify_net(bundle) if task == "rainify" else spec.derain_net(bundle, variant), dev)
     return Derainer(spec, config, net, dev, task=task, variant=variant, dtype=dtype, meta=meta, notify=notify,
-                    ensemble=ensemble, channels_last=channels_last, work_size=work_size)
+                    ensemble=ensemble, channels_last=channels_last, work_size=work_size, copy_only=copy_only)
 
 
-def check_work_size(work_size: int) -> None:
-    """``work_size`` is 0 (off) or a long side the networks can work at."""
+def check_work_size(work_size: int, copy_only: bool = False) -> None:
+    """``work_size`` is 0 (off) or a long side the networks can work at; ``copy_only`` needs one."""
     from .workscale import MIN_WORK_SIZE
 
     if work_size != 0 and not (isinstance(work_size, int) and work_size >= MIN_WORK_SIZE):
         raise DerainError(f"--work-size must be 0 (off) or at least {MIN_WORK_SIZE} pixels, not {work_size}")
+    if copy_only and not work_size:
+        raise DerainError("--copy-only needs --work-size: it says to derain only the copy that long")
 
 
 def derain_file(

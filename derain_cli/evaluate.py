@@ -110,12 +110,12 @@ def score_folders(out_dir: str | os.PathLike, gt_dir: str | os.PathLike, progres
 # -- running a model -------------------------------------------------------------------
 def load_derainer(name: str, *, weights: str | os.PathLike | None = None, device: str = "auto",
                   threads: int | None = None, variant: str | None = None, ensemble: bool | int = False,
-                  half: bool = False, work_size: int = 0) -> Any:
+                  half: bool = False, work_size: int = 0, copy_only: bool = False) -> Any:
     """The inference API's model (:func:`derain_cli.api.load_model`), loaded once for a whole folder."""
     from .api import load_model
 
     return load_model(name, weights=weights, device=device, threads=threads, variant=variant, ensemble=ensemble,
-                      half=half, work_size=work_size)
+                      half=half, work_size=work_size, copy_only=copy_only)
 
 
 def count_parameters(derainer: Any) -> int:
@@ -247,12 +247,13 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
                 threads: int | None = None, tile: int | None = None, limit: int | None = None,
                 save_dir: str | os.PathLike | None = None, progress: Progress | None = None,
                 variant: str | None = None, ensemble: bool | int = False, half: bool = False,
-                work_size: int = 0) -> BenchResult:
+                work_size: int = 0, copy_only: bool = False) -> BenchResult:
     """Load ``name`` and measure quality, speed and memory on ``dataset`` (first ``limit`` pairs).
 
     A ``variant`` given explicitly is reported in the model column as ``name:variant``, the
     four-flip ensemble as ``name+ensemble`` (two flips: ``name+flips2``) and ``half`` as
-    ``name+bf16`` (or ``+fp16``) and ``work_size`` as ``name+workN``, so a table never mixes them up.
+    ``name+bf16`` (or ``+fp16``) and ``work_size`` as ``name+workN`` (``copy_only``: ``name+workN-copy``), so a
+    table never mixes them up.
     """
     import torch
 
@@ -269,7 +270,7 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()
     derainer = load_derainer(name, weights=weights, device=device, threads=threads, variant=variant,
-                             ensemble=ensemble, half=half, work_size=work_size)
+                             ensemble=ensemble, half=half, work_size=work_size, copy_only=copy_only)
     dev = device_of(derainer)
     cuda = dev.startswith("cuda")
     if cuda:
@@ -287,7 +288,7 @@ def bench_model(name: str, dataset: Dataset, *, weights: str | os.PathLike | Non
         model=(name if variant is None else f"{name}:{variant}")
         + {1: "", 2: "+flips2", 4: "+ensemble"}[derainer.ensemble]
         + ("" if derainer.dtype is None else "+" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[derainer.dtype])
-        + (f"+work{derainer.work_size}" if derainer.work_size else ""),
+        + (f"+work{derainer.work_size}" + ("-copy" if derainer.copy_only else "") if derainer.work_size else ""),
         weights=weights_text(derainer, weights),
         dataset=dataset.name,
         images=len(result.rows),

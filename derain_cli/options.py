@@ -21,8 +21,11 @@ HALF_HELP = ("Reduced precision: bfloat16 autocast (float16 on GPUs without bf16
 TILE_DEFAULT = 0
 TILE_HELP = "Tile size in pixels; 0 = automatic from free memory (the whole image when it fits)."
 THREADS_HELP = "CPU threads for torch (default: torch's own choice)."
-WORK_SIZE_HELP = ("Find the rain of larger photos on a copy this many pixels long, then subtract it at full "
-                  "size: for rain that looks coarse in a big photo (try 1024). 0 = at the photo's own size.")
+WORK_SIZE_HELP = ("Also find the rain of larger photos on a copy this many pixels long, and take what is coarser "
+                  "than the copy's pixels from there: for rain that looks coarse in a big photo (try 1024). "
+                  "0 = only at the photo's own size.")
+COPY_ONLY_HELP = ("With --work-size: derain only the copy and subtract its rain (seconds, not minutes, for a big "
+                  "photo, and far less memory); rain finer than the copy's pixels stays.")
 
 
 def _with(text: str, note: str) -> str:
@@ -47,6 +50,11 @@ def tile_option(note: str = "") -> Any:
 def work_size_option(note: str = "") -> Any:
     """``--work-size``: the long side at which larger photos have their rain found (0 = their own)."""
     return typer.Option(0, "--work-size", help=_with(WORK_SIZE_HELP, note))
+
+
+def copy_only_option(note: str = "") -> Any:
+    """``--copy-only``: with ``--work-size``, skip the pass at the photo's own size."""
+    return typer.Option(False, "--copy-only", help=_with(COPY_ONLY_HELP, note))
 
 
 def threads_option(note: str = "") -> Any:

@@ -2,9 +2,11 @@
 
 The networks learned rain as it looks in photos of about 500-1000 pixels a side. In a photo
 with more pixels of the same scene the same rain is that many times wider and longer, and
-they leave it (Rain100L test enlarged 3x: 28.45 dB from 26.94; found at 512 pixels, 34.78).
+they leave it (Rain100L test enlarged 3x: 28.45 dB from 26.94; found at 512 pixels, 34.59).
 So the rain is found on a copy whose long side is ``work_size``, and only the rain layer (the
-copy minus its derained copy) is enlarged and subtracted: the photo keeps its own detail. The
+copy minus its derained copy) is enlarged and subtracted: the photo keeps its own detail. Rain
+finer than the copy's pixels is not on the copy, so unless only the copy is asked for, the photo is
+also derained at its own size and the two are joined by frequency (:func:`join_bands`). The
 full-resolution work runs in bands of rows, so memory stays near the output's own size.
 """
 from __future__ import annotations
@@ -17,6 +19,9 @@ import numpy as np
 BAND = 256
 #: The smallest long side to find rain at: below it little of a scene is left to tell rain from.
 MIN_WORK_SIZE = 128
+#: The band where the copy's answer gives way to the full-size one, as a Gaussian sigma in the copy's
+#: pixels: about the finest detail a copy holds.
+JOIN_SIGMA = 0.5
 
 
 def small_size(height: int, width: int, work_size: int) -> tuple[int, int]:
@@ -46,11 +51,13 @@ def _enlarge_columns(layer: np.ndarray, width: int) -> np.ndarray:
     return sum(layer[:, index[:, k]] * weight[:, k, None] for k in range(4))
 
 
-def derain_at(process: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, work_size: int) -> np.ndarray:
+def derain_at(process: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, work_size: int,
+              full: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """``rgb`` (uint8, uint16 or float32) derained by ``process`` on a copy ``work_size`` pixels long; same dtype.
 
     ``process`` takes and returns a float32 ``H x W x 3`` array in [0, 1]. A photo no larger than
-    ``work_size`` goes to it whole, unchanged.
+    ``work_size`` goes to it whole, unchanged. ``full()``, when given, returns ``rgb`` derained at its
+    own size; its detail finer than the copy's pixels is kept (:func:`join_bands`).
     """
     import cv2
 
@@ -69,5 +76,28 @@ def derain_at(process: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, work
         rows = slice(y0, min(h, y0 + BAND))
         band = to_unit(rgb[rows]) - sum(layer[index[rows, k]] * weight[rows, k, None, None] for k in range(4))
         out[rows] = from_unit(np.clip(band, 0.0, 1.0, out=band), rgb.dtype)
+    return out if full is None else join_bands(full(), out, JOIN_SIGMA * h / hs)
+
+
+def join_bands(fine: np.ndarray, coarse: np.ndarray, sigma: float) -> np.ndarray:
+    """``fine`` above a Gaussian band of ``sigma`` pixels, ``coarse`` below it: ``fine + blur(coarse - fine)``.
+
+    The full-size pass removes rain finer than the copy holds and leaves coarse rain (and can darken
+    wide smooth areas that look like a veil at that size); the copy's pass is the other way round.
+    Same dtype as ``fine``; in bands of rows, each with a margin the blur cannot see past.
+    """
+    import cv2
+
+    from .tiling import from_unit, to_unit
+
+    h = fine.shape[0]
+    margin = int(np.ceil(4 * sigma)) + 1  # cv2's kernel radius for a float image is round(4 sigma)
+    out = np.empty_like(fine)
+    for y0 in range(0, h, BAND):
+        y1 = min(h, y0 + BAND)
+        a, b = max(0, y0 - margin), min(h, y1 + margin)
+        low = cv2.GaussianBlur(to_unit(coarse[a:b]) - to_unit(fine[a:b]), (0, 0), sigma)
+        band = to_unit(fine[y0:y1]) + low[y0 - a:y1 - a]
+        out[y0:y1] = from_unit(np.clip(band, 0.0, 1.0, out=band), fine.dtype)
     return out
 

@@ -159,16 +159,19 @@ def test_a_big_photo_counts_the_context_the_default_model_keeps(megapixels, flip
 
 @pytest.mark.parametrize("megapixels,measured_gb", [(24, 0.82), (50, 1.17)])
 def test_with_work_size_a_big_photo_is_counted_at_the_copy(megapixels, measured_gb):
-    """--work-size 1024: the network sees a 1024-pixel copy, so a 50 MP photo the default needs 5 GB for
-    peaked at 1.17 GB (`derain run` on the generated JPEGs of benchmarks/bench_large_image.py)."""
+    """--work-size 1024 --copy-only: the network sees a 1024-pixel copy, so a 50 MP photo the default needs
+    5 GB for peaked at 1.17 GB (`derain run` on the generated JPEGs of benchmarks/bench_large_image.py).
+    Without --copy-only the photo is derained at its own size as well, and counted so."""
     from derain_cli.api import load_model
 
     derainer = load_model("dualstage", device="cpu")
     header = Header(megapixels * 1000, 1000, 8)
     whole = preflight.estimate_bytes(header, model_bytes=derainer.host_bytes)
-    derainer.work_size = 1024
+    derainer.work_size, derainer.copy_only = 1024, True
     need = preflight.estimate_bytes(header, model_bytes=derainer.host_bytes)
     assert measured_gb <= need / 1e9 <= 2.5 * measured_gb and need < 0.7 * whole
+    derainer.copy_only = False
+    assert preflight.estimate_bytes(header, model_bytes=derainer.host_bytes) > whole
 
 
 def test_a_30000_pixel_square_is_refused_before_decoding(tmp_path, monkeypatch, capsys, tiny):

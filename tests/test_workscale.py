@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from derain_cli import workscale
-from derain_cli.workscale import _enlarge_columns, cubic_taps, derain_at, small_size
+from derain_cli.workscale import _enlarge_columns, cubic_taps, derain_at, join_bands, small_size
 from clirun import derain
 
 
@@ -41,6 +41,53 @@ def test_the_rain_layer_is_subtracted_at_full_size():
     left, before = np.abs(out - 0.3).sum(), np.abs(img - 0.3).sum()
     assert left < 0.4 * before, (left, before)  # a hard edge rings in the enlarging (a third of it stays here)
     assert np.abs(out[:, :290] - 0.3).max() < 1e-6 and np.abs(out[:, 316:] - 0.3).max() < 1e-6  # scene untouched
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_bands_join_as_one_blur_over_the_whole_photo(dtype, monkeypatch):
+    monkeypatch.setattr(workscale, "BAND", 64)  # several bands, the last one short
+    rng = np.random.default_rng(3)
+    fine, coarse = (rng.random((300, 170, 3)).astype(np.float32) for _ in range(2))
+    if dtype == np.uint8:
+        fine, coarse = ((x * 255).round().astype(np.uint8) for x in (fine, coarse))
+    scale = 255.0 if dtype == np.uint8 else 1.0
+    f, c = fine.astype(np.float32) / scale, coarse.astype(np.float32) / scale
+    want = np.clip(f + cv2.GaussianBlur(c - f, (0, 0), 3.0), 0, 1)
+    out = join_bands(fine, coarse, 3.0)
+    assert out.dtype == fine.dtype
+    assert np.abs(out.astype(np.float32) / scale - want).max() <= (0.5 / 255 + 1e-6 if dtype == np.uint8 else 1e-6)
+
+
+def test_the_full_size_pass_keeps_the_rain_too_fine_for_the_copy():
+    """A thin line only the full-size pass removes and a wide band only the copy's pass removes: joined, both go;
+    the copy alone leaves most of the line."""
+    img = np.full((400, 600, 3), 0.3, np.float32)
+    img[:, 100:101] = 0.9  # 1 px: a third of a pixel on the copy
+    img[:, 400:412] = 0.9  # 12 px: 4 px on the copy
+    full = img.copy()
+    full[:, 100:101] = 0.3  # the network at full size knows thin rain, not coarse
+    copy_only = derain_at(lambda small: np.minimum(small, 0.3), img, 200)
+    joined = derain_at(lambda small: np.minimum(small, 0.3), img, 200, full=lambda: full)
+    line, band = np.s_[:, 95:106], np.s_[:, 395:417]
+    left = {name: {k: np.abs(out[part] - 0.3).sum() / np.abs(img[part] - 0.3).sum() for k, out in
+                   (("copy", copy_only), ("joined", joined))} for name, part in (("line", line), ("band", band))}
+    assert left["line"]["copy"] > 1.0 and left["line"]["joined"] < 0.25, left  # the copy: 0.7 of 0.9 left, rings
+    assert left["band"]["joined"] < 0.35, left  # the edges of a band ring a little when enlarged
+    assert np.abs(joined[:, :80] - 0.3).max() < 1e-6  # scene untouched
+
+
+def test_a_photo_no_larger_than_the_work_size_gets_no_second_pass():
+    img = np.full((90, 120, 3), 0.5, np.float32)
+    out = derain_at(lambda x: x * 0.5, img, 120, full=lambda: pytest.fail("derained twice"))
+    assert np.allclose(out, 0.25)
+
+
+def test_copy_only_without_work_size_is_one_line(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "street.png"
+    cv2.imwrite(str(src), np.zeros((40, 56, 3), np.uint8))
+    code, _, err = derain(monkeypatch, capsys, "run", src, "--copy-only", "-o", tmp_path / "out.png")
+    assert code == 2 and "--copy-only needs --work-size" in err
+    assert "Traceback" not in err and not (tmp_path / "out.png").exists()
 
 
 def test_small_size_keeps_the_aspect_and_never_enlarges():
@@ -105,3 +152,5 @@ def test_eval_takes_work_size_only_with_a_model(tmp_path, monkeypatch, capsys):
         cv2.imwrite(str(tmp_path / side / "a.png"), np.zeros((40, 56, 3), np.uint8))
     code, _, err = derain(monkeypatch, capsys, "eval", tmp_path / "out", tmp_path / "ref", "--work-size", "512")
     assert code == 2 and "--work-size only apply with --model" in err and "Traceback" not in err
+    code, _, err = derain(monkeypatch, capsys, "eval", tmp_path / "out", tmp_path / "ref", "--copy-only")
+    assert code == 2 and "--copy-only only apply with --model" in err

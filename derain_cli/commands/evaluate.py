@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import DerainError
-from ..options import device_option, half_option, threads_option, tile_option, work_size_option
+from ..options import copy_only_option, device_option, half_option, threads_option, tile_option, work_size_option
 from .run import FlipsOpt, ensemble_views
 
 
@@ -51,6 +51,7 @@ def eval_command(
     flips: Optional[int] = FlipsOpt,
     half: bool = half_option("(with --model)"),
     work_size: int = work_size_option("(with --model)"),
+    copy_only: bool = copy_only_option("(with --model)"),
 ) -> None:
     """Score images against references: PSNR and SSIM on the Y channel (the deraining convention) and RGB PSNR.
 
@@ -66,7 +67,8 @@ def eval_command(
     if model is None:
         extras = [n for n, v in (("--weights", weights), ("--save-dir", save_dir), ("--threads", threads),
                                  ("--tile", tile or None), ("--variant", variant), ("--ensemble", ensemble or None),
-                                 ("--flips", flips), ("--half", half or None), ("--work-size", work_size or None))
+                                 ("--flips", flips), ("--half", half or None), ("--work-size", work_size or None),
+                                 ("--copy-only", copy_only or None))
                   if v is not None]
         if extras:
             raise DerainError(f"{', '.join(extras)} only apply with --model")
@@ -81,7 +83,8 @@ def eval_command(
             raise DerainError(f"--report {report}: use a .csv or .json file name")
         ev.check_save_dir(save_dir, first_dir, gt_dir)
         derainer = ev.load_derainer(model, weights=weights, device=device, threads=threads, variant=variant,
-                                    ensemble=ensemble_views(ensemble, flips), half=half, work_size=work_size)
+                                    ensemble=ensemble_views(ensemble, flips), half=half, work_size=work_size,
+                                    copy_only=copy_only)
         bar, update = _progress(console, f"{model}")
         with bar:
             result = ev.score_model(derainer, first_dir, gt_dir, tile=tile, save_dir=save_dir, progress=update)
@@ -109,6 +112,7 @@ def bench_command(
     flips: Optional[int] = FlipsOpt,
     half: bool = half_option(),
     work_size: int = work_size_option(),
+    copy_only: bool = copy_only_option(),
 ) -> None:
     """Measure models on a benchmark: PSNR/SSIM (Y), speed, peak memory, parameters; published figures beside.
 
@@ -141,7 +145,7 @@ def bench_command(
             results.append(ev.bench_model(
                 name, ds, weights=weights, device=device, threads=threads, tile=tile or None, limit=limit,
                 save_dir=(save_dir / name) if save_dir else None, progress=update, variant=variant,
-                ensemble=views, half=half, work_size=work_size,
+                ensemble=views, half=half, work_size=work_size, copy_only=copy_only,
             ))
 
     out = _stdout_console()

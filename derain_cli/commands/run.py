@@ -17,7 +17,15 @@ from typing import List, Optional
 import typer
 
 from ..errors import DerainError, one_line
-from ..options import device_option, half_option, out_option, threads_option, tile_option, work_size_option
+from ..options import (
+    copy_only_option,
+    device_option,
+    half_option,
+    out_option,
+    threads_option,
+    tile_option,
+    work_size_option,
+)
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model name (default: the best shipped model; see `derain models`).")
 WeightsOpt = typer.Option(None, "--weights", help="Use this .safetensors file instead of the registered weights.")
@@ -36,6 +44,7 @@ FlipsOpt = typer.Option(
     None, "--flips", help="Average over N flip views: 2 = with the left-right mirror (2x slower), 4 = --ensemble."
 )
 WorkSizeOpt = work_size_option()
+CopyOnlyOpt = copy_only_option()
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say which device, dtype and tile size are used.")
 MaxPixelsOpt = typer.Option(
     None, "--max-pixels", min=1,
@@ -90,12 +99,12 @@ def model_for(model: Optional[str], weights: Optional[Path]) -> Optional[str]:
     return architecture if isinstance(architecture, str) and architecture else None
 
 
-def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, work_size=0):
+def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, work_size=0, copy_only=False):
     from ..api import load_model
 
     model = model_for(model, weights)
     derainer = load_model(model, weights=weights, variant=variant, device=device, threads=threads, half=half,
-                          ensemble=ensemble, work_size=work_size)
+                          ensemble=ensemble, work_size=work_size, copy_only=copy_only)
     if verbose:
         import torch
 
@@ -108,7 +117,8 @@ def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, w
             f"derain: model {derainer.spec.name} ({derainer.variant}, weights: {source}) on {derainer.device}, "
             f"dtype {derainer.dtype_name}, {torch.get_num_threads()} CPU threads"
             + (f", {derainer.ensemble}-flip ensemble" if derainer.ensemble > 1 else "")
-            + (f", rain found at {derainer.work_size} px" if derainer.work_size else ""),
+            + (f", rain found at {derainer.work_size} px" + (" only" if derainer.copy_only else " and at full size")
+               if derainer.work_size else ""),
             err=True,
         )
     return derainer
@@ -205,6 +215,7 @@ def run(
     flips: Optional[int] = FlipsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     work_size: int = WorkSizeOpt,
+    copy_only: bool = CopyOnlyOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain photos; keeps format, bit depth, alpha, orientation, EXIF and colour profile."""
@@ -224,7 +235,7 @@ def run(
             raise DerainError(f"{compare_path(t)}: refusing to overwrite an input image; choose another output")
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
-                     work_size)
+                     work_size, copy_only)
     failed = 0
     for img, target in zip(images, targets):
         start = time.perf_counter()
@@ -408,6 +419,7 @@ def batch(
     flips: Optional[int] = FlipsOpt,
     max_pixels: Optional[int] = MaxPixelsOpt,
     work_size: int = WorkSizeOpt,
+    copy_only: bool = CopyOnlyOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Derain a folder into OUTDIR with the same names; re-running resumes, failures are listed at the end."""
@@ -439,7 +451,7 @@ def batch(
         return
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
-                     work_size)
+                     work_size, copy_only)
     failures: list[tuple[str, str]] = list(clashes)
     worked, busy = 0, 0.0
     with _progress() as progress:
