@@ -99,7 +99,7 @@ def model_for(model: Optional[str], weights: Optional[Path]) -> Optional[str]:
     return architecture if isinstance(architecture, str) and architecture else None
 
 
-def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, work_size=0, copy_only=False):
+def _load(model, weights, variant, device, half, threads, verbose, ensemble=1, *, work_size=0, copy_only=False):
     from ..api import load_model
 
     model = model_for(model, weights)
@@ -235,7 +235,7 @@ def run(
             raise DerainError(f"{compare_path(t)}: refusing to overwrite an input image; choose another output")
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
-                     work_size, copy_only)
+                     work_size=work_size, copy_only=copy_only)
     failed = 0
     for img, target in zip(images, targets):
         start = time.perf_counter()
@@ -451,7 +451,7 @@ def batch(
         return
 
     derainer = _load(model, weights, variant, device, half, threads, verbose, ensemble_views(ensemble, flips),
-                     work_size, copy_only)
+                     work_size=work_size, copy_only=copy_only)
     failures: list[tuple[str, str]] = list(clashes)
     worked, busy = 0, 0.0
     with _progress() as progress:
